@@ -1,0 +1,47 @@
+"""Errors hwnas raises. Each names the thing that is wrong so a user can fix it without reading code."""
+
+from __future__ import annotations
+
+
+class HwnasError(Exception):
+    """Base class of every error hwnas raises on purpose."""
+
+
+class CaptureError(HwnasError):
+    """A model could not be turned into an op graph (failed trace, unreadable file, bad input shape)."""
+
+
+class UnsupportedOpError(CaptureError):
+    """The model contains an op outside hwnas's canonical vocabulary."""
+
+    def __init__(self, op: str, node: str, position: int, source: str, hint: str = ""):
+        self.op, self.node, self.position, self.source = op, node, position, source
+        msg = (f"unsupported op {op!r} at node {node!r} (position {position} of the {source} graph)"
+               + (f": {hint}" if hint else ""))
+        super().__init__(msg)
+
+
+class InputShapeError(CaptureError):
+    """The input shape does not fit the model (wrong rank, wrong channels, too small)."""
+
+
+class UnknownKernelError(HwnasError):
+    """A kernel has no regressor in the predictor: never priced as 0 ms."""
+
+    def __init__(self, kernel_type: str, ops: list[str], position: int, predictor: str):
+        self.kernel_type, self.ops, self.position, self.predictor = kernel_type, ops, position, predictor
+        super().__init__(
+            f"predictor {predictor!r} has no regressor for kernel type {kernel_type!r} "
+            f"(kernel {position}, ops {ops}); refusing to price it as 0 ms")
+
+
+class PredictorFileError(HwnasError):
+    """A predictor file is missing, corrupt, tampered with (checksum), or of a future schema."""
+
+
+class InfeasibleBudgetError(HwnasError):
+    """A latency budget that no architecture of the space meets."""
+
+
+class ArchitectureError(HwnasError, ValueError):
+    """An architecture names a label or a choice the search space does not have."""
