@@ -45,7 +45,8 @@ def _conv_op(groups: int, cin: int, cout: int) -> str:
 
 def _pool_attrs(m: nn.Module) -> dict[str, Any]:
     stride = m.stride if m.stride is not None else m.kernel_size
-    return {"kernel": _pair(m.kernel_size), "stride": _pair(stride), "padding": _pair(m.padding)}
+    return {"kernel": _pair(m.kernel_size), "stride": _pair(stride), "padding": _pair(m.padding),
+            "ceil_mode": bool(getattr(m, "ceil_mode", False))}
 
 
 def _adaptive_op(out_shape: tuple[int, ...]) -> str:
@@ -67,7 +68,7 @@ _MODULE_OPS: list[tuple[type, Callable[[nn.Module, tuple], tuple[str, dict]]]] =
     (nn.SiLU, lambda m, s: ("silu", {})),
     (nn.GELU, lambda m, s: ("gelu", {})),
     (nn.Tanh, lambda m, s: ("tanh", {})),
-    (nn.Softmax, lambda m, s: ("softmax", {"axis": m.dim})),
+    (nn.Softmax, lambda m, s: ("softmax", {"axis": m.dim if m.dim is not None else -1})),
     (nn.MaxPool2d, lambda m, s: ("maxpool", _pool_attrs(m))),
     (nn.AvgPool2d, lambda m, s: ("avgpool", _pool_attrs(m))),
     (nn.AdaptiveAvgPool2d, lambda m, s: (_adaptive_op(s), {})),
@@ -210,7 +211,7 @@ class _Capture:
             return self._refine(_ELEMENTWISE[target], node, value), self._fn_attrs(target, node, value)
         name = getattr(target, "__name__", str(target))
         if name in _FUNCTION_NAMES:
-            return _FUNCTION_NAMES[name], {}
+            return _FUNCTION_NAMES[name], self._fn_attrs(target, node, value)
         if target is F.conv2d:
             w = self._load(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
             groups = self._load(node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1))
@@ -228,7 +229,14 @@ class _Capture:
         if target in (F.max_pool2d, F.avg_pool2d):
             k = _pair(self._arg(node, 1, "kernel_size", 1))
             s = self._arg(node, 2, "stride", None)
-            return {"kernel": k, "stride": _pair(s) if s else k, "padding": _pair(self._arg(node, 3, "padding", 0))}
+            return {"kernel": k, "stride": _pair(s) if s else k, "padding": _pair(self._arg(node, 3, "padding", 0)),
+                    "ceil_mode": bool(self._arg(node, 5 if target is F.max_pool2d else 4, "ceil_mode", False))}
+        if target in (torch.cat, torch.concat, torch.stack):
+            dim = self._arg(node, 1, "dim", 0)
+            return {"axis": int(dim) % len(value.shape)}
+        if getattr(target, "__name__", "") == "shifted_window_attention":
+            window = self._load(node.args[4])
+            return {"window": int(window[0]), "heads": int(self._load(node.args[5]))}
         if target is F.linear:
             w = self._load(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
             return {"cin": int(w.shape[1]), "cout": int(w.shape[0])}

@@ -182,7 +182,8 @@ class _OnnxCapture:
             k = tuple(a["kernel_shape"])
             pads = a.get("pads", [0] * 2 * len(k))
             return ("maxpool" if t == "MaxPool" else "avgpool"), {
-                "kernel": k, "stride": tuple(a.get("strides", [1] * len(k))), "padding": tuple(pads[: len(k)])}
+                "kernel": k, "stride": tuple(a.get("strides", [1] * len(k))), "padding": tuple(pads[: len(k)]),
+                "ceil_mode": bool(a.get("ceil_mode", 0))}
         if t == "Clip":
             lo = self._const(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("min")
             hi = self._const(node.input[2]) if len(node.input) > 2 and node.input[2] else a.get("max")
@@ -200,7 +201,10 @@ class _OnnxCapture:
         if t == "ConcatFromSequence":
             return "concat", {"axis": int(a["axis"])}
         if t in _SIMPLE:
-            return _SIMPLE[t], ({"axis": int(a["axis"])} if "axis" in a and t in ("Concat", "Softmax") else {})
+            if t in ("Concat", "Softmax") and "axis" in a:
+                rank = len(self._shape(node.output[0], node))
+                return _SIMPLE[t], {"axis": int(a["axis"]) % rank}
+            return _SIMPLE[t], {}
         return t, {}
 
     def _const(self, name: str) -> Any:

@@ -1,0 +1,134 @@
+"""The ``hwnas`` command line: ``hwnas list-predictors | predict | build | export``.
+
+Argument parsing lives here and only here; each command turns its arguments into library calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from hwnas.errors import HwnasError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape must look like 1,3,224,224, got {text!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"input shape must have positive sizes, got {text!r}")
+    return shape
+
+
+def _table(rows: list[dict], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(list(columns)), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def cmd_list_predictors(args: argparse.Namespace) -> int:
+    from hwnas.predictor import list_latency_predictors
+
+    preds = list_latency_predictors()
+    if args.json:
+        print(json.dumps(preds, indent=2))
+    elif not preds:
+        print("no embedded predictors")
+    else:
+        print(_table(preds, ["name", "version", "backend", "device", "threads", "batch_size", "precision"]))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from hwnas.predictor import load_latency_predictor
+
+    predictor = load_latency_predictor(args.predictor)
+    if args.torchvision:
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(args.torchvision, weights=None)
+        except ValueError as e:
+            raise HwnasError(f"unknown torchvision model {args.torchvision!r}") from e
+        source, model_type = args.torchvision, "torch"
+    elif args.onnx:
+        model, source, model_type = args.onnx, args.onnx, "onnx"
+    else:
+        model, source, model_type = args.torchscript, args.torchscript, "torchscript"
+    t0 = time.perf_counter()
+    rows = predictor.predict_kernels(model, model_type, args.input_shape)
+    elapsed = (time.perf_counter() - t0) * 1e3
+    total = sum(r["ms"] for r in rows)
+    if args.json:
+        out = {"model": source, "predictor": predictor.name, "backend": predictor.backend,
+               "input_shape": list(args.input_shape), "latency_ms": total, "kernels": len(rows)}
+        if args.per_kernel:
+            out["per_kernel"] = rows
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.per_kernel:
+        table = [{"#": i, "kernel": r["type"], "in": f"{int(r['features']['cin'])}x{int(r['features']['hin'])}",
+                  "out": f"{int(r['features']['cout'])}x{int(r['features']['hout'])}",
+                  "MMACs": f"{r['features']['macs']:.2f}", "ms": f"{r['ms']:.4f}"} for i, r in enumerate(rows)]
+        print(_table(table, ["#", "kernel", "in", "out", "MMACs", "ms"]))
+    print(f"{source}: {total:.3f} ms predicted on {predictor.name} ({predictor.backend}), "
+          f"{len(rows)} kernels, input {tuple(args.input_shape)} (prediction took {elapsed:.0f} ms)")
+    return 0
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(prog="hwnas", description="Hardware-aware NAS for NNI: latency prediction, "
+                                     "search spaces, latency-constrained search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+    p = sub.add_parser("list-predictors", help="list the embedded latency predictors")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    handlers["list-predictors"] = cmd_list_predictors
+
+    p = sub.add_parser("predict", help="predict a model's latency (ms)")
+    p.add_argument("--predictor", required=True, help="embedded predictor name or predictor directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--torchvision", metavar="MODEL", help="a torchvision classification model name")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX file")
+    src.add_argument("--torchscript", metavar="FILE", help="a TorchScript file")
+    p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), help="e.g. 1,3,224,224")
+    p.add_argument("--per-kernel", action="store_true", help="print one row per kernel")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    handlers["predict"] = cmd_predict
+
+    for register in _optional_commands():
+        register(sub, handlers)
+    return parser, handlers
+
+
+def _optional_commands() -> list[Callable]:
+    """Commands defined next to their subsystems (builder, export), registered if present."""
+    import importlib
+    import importlib.util
+
+    regs = []
+    for mod in ("hwnas.builder._cli", "hwnas.export._cli"):
+        if importlib.util.find_spec(mod) is not None:   # a broken module still raises: no silent skip
+            regs.append(importlib.import_module(mod).register)
+    return regs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except HwnasError as e:
+        print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

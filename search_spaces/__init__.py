@@ -1,0 +1,38 @@
+"""Search spaces of hwnas: SPOS and ProxylessNAS (mobile) as NNI 3.0 ``ModelSpace``s.
+
+Public API (everything else is private machinery and may change):
+
+- :func:`create_space` ``(name, **config) -> ModelSpace`` — ``"spos"`` or ``"proxyless"``;
+  ``space.config`` is its frozen dataclass (:class:`SposConfig`, :class:`ProxylessConfig`).
+- :func:`list_spaces`, :func:`register_space` — the name registry (no I/O at import).
+- :func:`choices` (label -> candidate names), :func:`random_arch`, :func:`validate_arch`.
+- :func:`build_subnet` — plain, scriptable ``nn.Module`` of an architecture, inheriting the
+  weights of a space instance.
+- :func:`count_flops` (multiply-accumulates, the papers' "FLOPs"), :func:`count_params`.
+- :func:`layout` -> list of :class:`Slot` — the decomposition latency tables use.
+- :func:`arch_to_indices`, :func:`indices_to_arch` — index-matrix encoding of architectures.
+
+Architectures are flat JSON-safe ``dict[str, str]``: labels ``s{stage}_b{block}`` (stages from 1,
+blocks from 0) mapped to choice names (``shuffle3`` ... ``xception``; ``k3e3`` ... ``k7e6``,
+``skip``). The labels are the NNI ``LayerChoice`` labels, so ``space.simplify()`` and NNI samples use
+the same keys.
+"""
+
+from __future__ import annotations
+
+from ._api import (Slot, arch_to_indices, build_subnet, choices, count_flops, count_params, indices_to_arch,
+                   layout, random_arch, validate_arch)
+from ._base import BlockSpec, ChainNet, ChainSpace, SpaceConfig
+from ._registry import create_space, list_spaces, register_space
+from .proxyless import ProxylessConfig, ProxylessSpace
+from .spos import SposConfig, SposSpace
+
+__all__ = [
+    "BlockSpec", "ChainNet", "ChainSpace", "ProxylessConfig", "ProxylessSpace", "Slot", "SpaceConfig",
+    "SposConfig", "SposSpace", "arch_to_indices", "build_subnet", "choices", "count_flops", "count_params",
+    "create_space", "indices_to_arch", "layout", "list_spaces", "random_arch", "register_space",
+    "validate_arch",
+]
+
+register_space("spos", SposSpace, SposConfig)
+register_space("proxyless", ProxylessSpace, ProxylessConfig)
