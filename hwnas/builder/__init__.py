@@ -1,0 +1,68 @@
+"""Measure kernels and models on a backend, test fusion rules, keep measurements, build predictors.
+
+Public API (everything else is private machinery and may change):
+
+- :func:`measure_latency` — a model's latency in ms on a backend; :func:`measure` keeps the raw run times.
+- :func:`list_backends` — registered backend names (``torchscript-cpu``, ``onnxruntime-cpu``).
+- :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
+  :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
+- :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured.
+- :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
+- :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
+
+Names are imported lazily on first use (no torch or onnxruntime import at ``import hwnas.builder``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    # backends
+    "measure_latency": "hwnas.builder._backends",
+    "measure": "hwnas.builder._backends",
+    "list_backends": "hwnas.builder._backends",
+    "get_backend": "hwnas.builder._backends",
+    "Measurement": "hwnas.builder._backends",
+    "BACKENDS": "hwnas.builder._backends",
+    # protocol
+    "MeasureProtocol": "hwnas.builder._protocol",
+    "DEFAULT_PROTOCOL": "hwnas.builder._protocol",
+    "QUICK_PROTOCOL": "hwnas.builder._protocol",
+    "get_statistic": "hwnas.builder._protocol",
+    "reference_workload": "hwnas.builder._protocol",
+    "reference_ms": "hwnas.builder._protocol",
+    # device
+    "fingerprint": "hwnas.builder._device",
+    "same_device": "hwnas.builder._device",
+    "same_runtime": "hwnas.builder._device",
+    # fusion
+    "fuses": "hwnas.builder._fusion",
+    "vote": "hwnas.builder._fusion",
+    "detect_fusion_rules": "hwnas.builder._fusion",
+    "build_chain": "hwnas.builder._fusion",
+    "build_test_modules": "hwnas.builder._fusion",
+    "FusionConfig": "hwnas.builder._fusion",
+    "FUSION_CATALOGUE": "hwnas.builder._fusion",
+    # store
+    "open_store": "hwnas.builder._store",
+    "read_records": "hwnas.builder._store",
+    "item_key": "hwnas.builder._store",
+    "shard": "hwnas.builder._store",
+    "merge": "hwnas.builder._store",
+    "MeasurementStore": "hwnas.builder._store",
+    "StoreError": "hwnas.builder._store",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hwnas.builder' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
