@@ -8,6 +8,8 @@ Public API (everything else is private machinery and may change):
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
 - :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured.
 - :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
+- :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
+  standalone module.
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
 
 Names are imported lazily on first use (no torch or onnxruntime import at ``import hwnas.builder``).
@@ -45,6 +47,11 @@ _LAZY = {
     "build_test_modules": "hwnas.builder._fusion",
     "FusionConfig": "hwnas.builder._fusion",
     "FUSION_CATALOGUE": "hwnas.builder._fusion",
+    # kernels as modules, sampling, builds
+    "kernel_module": "hwnas.builder._kernel_modules",
+    "kernel_spec": "hwnas.builder._kernel_modules",
+    "BuildConfig": "hwnas.builder._build",
+    "build": "hwnas.builder._build",
     # store
     "open_store": "hwnas.builder._store",
     "read_records": "hwnas.builder._store",

@@ -1,0 +1,211 @@
+"""Build a predictor for a backend: fusion rules → kernel sampling → measurement → fit → predictor files.
+
+Every stage writes what it measured into ``<out>/raw/`` as it goes (JSONL, flushed per record), so an
+interrupted build resumes where it stopped, shards measured on several machines of one kind merge, and the
+predictor can be refitted and audited without re-measuring.
+
+Layout of ``<out>``::
+
+    raw/fusion.json           detected fusion rules with their timing evidence
+    raw/kernels[.I-of-N].jsonl  one record per measured kernel (spec, ms, stats, raw runs)
+    predictor/                the predictor (predictor.json + regressors.npz)
+
+Kernel latency is stored net of the backend's per-call overhead (the time of a module that returns its input),
+and the overhead is added once per model at prediction time (``model_overhead_ms`` in the metadata): timing
+kernels one call each would otherwise charge that overhead once per kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.nn as nn
+
+from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol
+from hwnas.kernels import FusionRules
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    """What a build measures and how.
+
+    Parameters
+    ----------
+    backend : str
+        Backend name (``torchscript-cpu``, ``onnxruntime-cpu``...).
+    out : Path
+        Build directory (created).
+    name : str
+        Predictor name; defaults to ``"<backend>-<cpu short name>"``.
+    time_budget_min : float, optional
+        Stop measuring kernels after this many minutes (the build can be resumed later).
+    shard : str, optional
+        ``"I/N"``: measure only this machine's share of the kernels.
+    protocol : MeasureProtocol
+        How each kernel is timed.
+    resolutions : tuple of int
+        Input resolutions of the torchvision prior.
+    space_archs : int
+        Random subnets per search space (at 224 and 32 px) in the prior.
+    jitter : int
+        Perturbed neighbours measured per prior kernel of conv-like types.
+    fusion_rules : list of list of str, optional
+        Use these rules instead of measuring them.
+    seed : int
+        Seed of the sampler.
+    """
+
+    backend: str = "torchscript-cpu"
+    out: Path = Path("build/predictor")
+    name: str | None = None
+    time_budget_min: float | None = None
+    shard: str | None = None
+    protocol: MeasureProtocol = DEFAULT_PROTOCOL
+    resolutions: tuple[int, ...] = (160, 224)
+    space_archs: int = 6
+    jitter: int = 1
+    fusion_rules: list[list[str]] | None = None
+    seed: int = 0
+
+
+class _Passthrough(nn.Module):
+    def forward(self, x):
+        return x.clone()
+
+
+def _rules(cfg: BuildConfig, progress: bool) -> FusionRules:
+    raw = Path(cfg.out) / "raw"
+    path = raw / "fusion.json"
+    if cfg.fusion_rules is not None:
+        return FusionRules(cfg.fusion_rules)
+    if path.is_file():
+        found = json.loads(path.read_text())
+    else:
+        from hwnas.builder._fusion import detect_fusion_rules
+
+        found = detect_fusion_rules(cfg.backend, protocol=cfg.protocol, progress=progress)
+        path.write_text(json.dumps(found, indent=1))
+    return FusionRules([r["ops"] for r in found if rule_fuses(r)])
+
+
+def rule_fuses(rule: dict[str, Any]) -> bool:
+    """A chain fuses if the timing test says so (nn-Meter's rule) or the compiled graph has fewer ops than A and
+    B compiled apart (noise-free evidence: on a shared VM the timing test misses cheap fusions such as conv→bn
+    folding, whose saving is within the noise of the conv's time)."""
+    return bool(rule.get("fused")) or bool(rule.get("graph_fused"))
+
+
+def _store_path(cfg: BuildConfig) -> Path:
+    suffix = "" if not cfg.shard else "." + cfg.shard.replace("/", "-of-")
+    return Path(cfg.out) / "raw" / f"kernels{suffix}.jsonl"
+
+
+def sample_kernels(cfg: BuildConfig, rules: FusionRules, progress: bool = True) -> list[dict[str, Any]]:
+    """The kernel specs a build measures: the prior and jittered neighbours (deterministic)."""
+    from hwnas.builder._sampler import jitter, prior_specs, space_prior, spec_key, torchvision_prior
+
+    models = torchvision_prior(cfg.resolutions) + space_prior(cfg.space_archs, cfg.seed)
+    specs = prior_specs(models, rules, progress)
+    rng = random.Random(cfg.seed)
+    keys = {spec_key(s) for s in specs}
+    extra = []
+    for s in specs:
+        for _ in range(cfg.jitter):
+            n = jitter(s, rng)
+            if n is not None and spec_key(n) not in keys:
+                n["families"] = ["jitter"]
+                keys.add(spec_key(n))
+                extra.append(n)
+    return specs + extra
+
+
+def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress: bool = True) -> int:
+    """Measure the pending specs into the store; returns how many were measured in this call."""
+    from tqdm.auto import tqdm
+
+    from hwnas.builder._backends import get_backend
+    from hwnas.builder._kernel_modules import kernel_module
+    from hwnas.builder._sampler import spec_key
+    from hwnas.builder._store import open_store, shard
+
+    backend = get_backend(cfg.backend)
+    store = open_store(_store_path(cfg))
+    todo = list(specs)
+    if cfg.shard:
+        todo = shard(todo, cfg.shard, key=spec_key)
+    todo = store.pending(todo, key=spec_key)
+    # one overhead record per input shape that occurs
+    shapes = sorted({tuple(s["ops"][0]["input_shapes"][0]) for s in todo if s["ops"][0]["input_shapes"]})
+    deadline = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    done = 0
+    with store:
+        for shape in shapes:
+            key = f"overhead:{list(shape)}"
+            if key not in store:
+                store.append(key, backend.measure(_Passthrough(), shape, cfg.protocol), raw=False, kind="overhead",
+                             input_shape=list(shape))
+        bar = tqdm(todo, desc=f"measuring kernels on {cfg.backend}", disable=not progress)
+        for spec in bar:
+            if deadline is not None and time.monotonic() > deadline:
+                bar.write(f"time budget of {cfg.time_budget_min} min reached; resume to measure the rest")
+                break
+            module = kernel_module(spec)
+            m = backend.measure(module, module.input_shape, cfg.protocol)
+            store.append(spec_key(spec), m, raw=False, kind="kernel", spec={k: spec[k] for k in ("type", "ops")},
+                         families=spec.get("families", []))
+            done += 1
+    return done
+
+
+def build(cfg: BuildConfig, progress: bool = True) -> Path:
+    """Run a whole build (resumable): rules, sampling, measurement, fit; returns the predictor directory."""
+    from hwnas.builder._fit import fit_predictor
+
+    Path(cfg.out, "raw").mkdir(parents=True, exist_ok=True)
+    rules = _rules(cfg, progress)
+    specs = sample_kernels(cfg, rules, progress)
+    measure_kernels(cfg, specs, progress)
+    return fit_predictor(cfg, rules, progress=progress)
+
+
+def fit_only(cfg: BuildConfig) -> Path:
+    """Refit the predictor from the raw measurements already in ``cfg.out``."""
+    from hwnas.builder._fit import fit_predictor
+
+    return fit_predictor(cfg, _rules(cfg, progress=False))
+
+
+def merge_shards(cfg: BuildConfig) -> Path:
+    """Join ``raw/kernels.I-of-N.jsonl`` shards into ``raw/kernels.jsonl`` (same machine kind only)."""
+    from hwnas.builder._store import merge
+
+    raw = Path(cfg.out) / "raw"
+    shards = sorted(raw.glob("kernels.*-of-*.jsonl"))
+    if not shards:
+        raise FileNotFoundError(f"no shard files kernels.I-of-N.jsonl in {raw}")
+    out = raw / "kernels.jsonl"
+    merge([*([out] if out.exists() else []), *shards], raw / "kernels.merged.jsonl")
+    (raw / "kernels.merged.jsonl").replace(out)
+    for s in shards:
+        s.unlink()
+    return out
+
+
+def default_name(backend: str) -> str:
+    from hwnas.builder._device import fingerprint
+
+    cpu = str(fingerprint().get("cpu_model", "cpu")).lower()
+    short = "".join(c if c.isalnum() else "-" for c in cpu).strip("-")
+    while "--" in short:
+        short = short.replace("--", "-")
+    return f"{backend}-{short[:40]}"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

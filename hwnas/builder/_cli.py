@@ -1,0 +1,38 @@
+"""``hwnas build``: measure a backend and fit a predictor (registered into :mod:`hwnas.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from hwnas.builder._build import BuildConfig, build, fit_only, merge_shards
+
+    cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
+                      time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
+                      space_archs=args.space_archs)
+    if args.merge:
+        out = merge_shards(cfg)
+        print(f"merged shards into {out}")
+        return 0
+    path = fit_only(cfg) if args.fit_only else build(cfg)
+    if path is not None:
+        print(f"predictor written to {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    p = sub.add_parser("build", help="measure kernels on a backend and fit a latency predictor")
+    p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
+    p.add_argument("--out", required=True, help="build directory (raw measurements + predictor/)")
+    p.add_argument("--name", default=None, help="predictor name (default: <backend>-<cpu>)")
+    p.add_argument("--time-budget-min", type=float, default=None,
+                   help="stop measuring after N minutes; run again to resume")
+    p.add_argument("--shard", default=None, metavar="I/N", help="measure only shard I of N (0-based)")
+    p.add_argument("--merge", action="store_true", help="join the kernels.*-of-N.jsonl shards in OUT/raw")
+    p.add_argument("--fit-only", action="store_true", help="refit from the raw measurements, measure nothing")
+    p.add_argument("--jitter", type=int, default=1, help="perturbed neighbours per prior kernel")
+    p.add_argument("--space-archs", type=int, default=6, help="random subnets per search space in the prior")
+    handlers["build"] = cmd_build

@@ -1,0 +1,144 @@
+"""Fit one regressor per kernel type from a build's measurements and write the predictor.
+
+For each kernel type, candidate regressors (random forest as nn-Meter uses, extra trees, gradient boosting) are
+fitted on 80% of its measured kernels on a log-latency target and compared on the held-out 20% (RMSPE); the
+best is kept, refitted on all kernels, and its held-out figures go into the accuracy report. Types with fewer
+than ``min_tree_samples`` kernels get a linear model on MACs and element counts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.kernels import FusionRules, kernel_features
+
+# Features per kernel family (by the main op); the rest use GENERIC.
+CONV = ["hin", "win", "cin", "cout", "hout", "kernel", "stride", "groups", "macs", "params", "in_elems", "out_elems"]
+FC = ["cin", "cout", "macs", "in_elems", "out_elems"]
+POOL = ["hin", "cin", "hout", "kernel", "stride", "in_elems", "out_elems"]
+GENERIC = ["hin", "cin", "cout", "hout", "n_inputs", "elementwise", "in_elems", "out_elems"]
+ZERO_COST_OPS = ["dropout", "identity"]
+MIN_TREE_SAMPLES = 12
+
+
+def features_for(ktype: str) -> list[str]:
+    main = ktype.split("-")[0]
+    if main in ("conv", "dwconv"):
+        return CONV
+    if main in ("fc", "matmul", "mha"):
+        return FC + (["hin"] if main != "fc" else [])
+    if main in ("maxpool", "avgpool"):
+        return POOL
+    return GENERIC
+
+
+def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
+    from hwnas.builder._kernel_modules import spec_nodes
+    from hwnas.builder._store import read_records
+
+    raw = Path(cfg.out) / "raw"
+    overhead: dict[str, float] = {}
+    by_type: dict[str, list[tuple[dict, float]]] = {}
+    kernel_recs = []
+    for path in sorted(raw.glob("kernels*.jsonl")) + sorted(raw.glob("kernels*.jsonl.gz")):
+        for r in read_records(path):
+            if r.get("type") != "measurement":
+                continue
+            if r.get("kind") == "overhead":
+                overhead[str(list(r["input_shape"]))] = float(r["ms"])
+            elif r.get("kind") == "kernel":
+                kernel_recs.append(r)
+    for r in kernel_recs:
+        spec = r["spec"]
+        nodes = spec_nodes(spec)
+        shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
+        net = float(r["ms"]) - overhead.get(shape, 0.0)
+        by_type.setdefault(spec["type"], []).append((kernel_features(nodes), max(net, 1e-4)))
+    return by_type, overhead
+
+
+def _candidates(seed: int) -> dict[str, Any]:
+    from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
+
+    return {
+        "random_forest": RandomForestRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1),
+        "extra_trees": ExtraTreesRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1),
+        "gradient_boosting": GradientBoostingRegressor(n_estimators=300, max_depth=4, learning_rate=0.05,
+                                                       subsample=0.8, random_state=seed),
+    }
+
+
+def _errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    rel = (pred - true) / true
+    return {"rmspe": float(np.sqrt(np.mean(rel ** 2))), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2)))}
+
+
+def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """The best regressor for one kernel type and its held-out report."""
+    from sklearn.linear_model import LinearRegression
+
+    from hwnas.predictor._regressors import LinearModel, TreeEnsemble
+
+    names = features_for(ktype)
+    x = np.array([[f[n] for n in names] for f, _ in rows], dtype=np.float64)
+    y = np.log(np.array([ms for _, ms in rows], dtype=np.float64))
+    n = len(rows)
+    if n < MIN_TREE_SAMPLES:
+        lin_names = ["macs", "elementwise", "in_elems", "out_elems"]
+        xl = np.array([[f[k] for k in lin_names] for f, _ in rows])
+        est = LinearRegression().fit(xl, np.exp(y))
+        return (LinearModel.from_sklearn(est), lin_names, "ms"), {"n": n, "model": "linear", "holdout": None}
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    cut = max(1, int(round(0.2 * n)))
+    test, train = idx[:cut], idx[cut:]
+    best = None
+    report: dict[str, Any] = {"n": n, "candidates": {}}
+    for name, est in _candidates(seed).items():
+        est.fit(x[train], y[train])
+        err = _errors(np.exp(est.predict(x[test])), np.exp(y[test]))
+        report["candidates"][name] = err
+        if best is None or err["rmspe"] < report["candidates"][best]["rmspe"]:
+            best = name
+    final = _candidates(seed)[best].fit(x, y)
+    report.update(model=best, holdout=report["candidates"][best])
+    return (TreeEnsemble.from_sklearn(final), names, "log_ms"), report
+
+
+def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
+    """Fit every measured kernel type and write ``<out>/predictor``; returns its path."""
+    from tqdm.auto import tqdm
+
+    import hwnas
+    from hwnas.builder._build import default_name, utc_now
+    from hwnas.builder._device import describe, fingerprint
+    from hwnas.predictor._format import write_predictor
+
+    by_type, overhead = _records(cfg)
+    if not by_type:
+        raise RuntimeError(f"no kernel measurements under {Path(cfg.out) / 'raw'}; run the measuring stage first")
+    regressors, kernels, accuracy = {}, {}, {}
+    for ktype in tqdm(sorted(by_type), desc="fitting kernel regressors", disable=not progress):
+        (reg, names, target), rep = fit_type(ktype, by_type[ktype], cfg.seed)
+        regressors[ktype] = reg
+        kernels[ktype] = {"features": names, "target": target}
+        accuracy[ktype] = rep
+    fp = fingerprint()
+    model_overhead = float(np.median(list(overhead.values()))) if overhead else 0.0
+    meta = {
+        "name": cfg.name or default_name(cfg.backend), "version": utc_now()[:10].replace("-", "."),
+        "backend": cfg.backend, "device": {"description": describe(fp), "fingerprint": fp},
+        "runtime": {k: fp.get(k) for k in ("torch", "onnxruntime", "numpy") if k in fp} or fp.get("runtimes", {}),
+        "threads": cfg.protocol.threads, "batch_size": 1, "precision": "fp32", "units": "ms",
+        "protocol": cfg.protocol.to_dict(), "fusion_rules": rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
+        "model_overhead_ms": model_overhead, "kernels": kernels,
+        "accuracy": {"kernels_holdout": accuracy, "n_kernels": sum(len(v) for v in by_type.values())},
+        "created": utc_now(), "hwnas_version": hwnas.__version__,
+    }
+    return write_predictor(Path(cfg.out) / "predictor", meta, regressors)

@@ -1,0 +1,244 @@
+"""Kernel-level latency predictors: load by name or path, predict a model's latency in ms.
+
+A predictor is plain data (see :mod:`hwnas.predictor._format`): fusion rules, the kernel types it prices with
+their feature names, and one regressor per kernel type. Prediction = capture the model (:mod:`hwnas.graph`),
+group ops into kernels by the predictor's fusion rules (:mod:`hwnas.kernels`), evaluate each kernel type's
+regressor on its kernels' features, and sum. A kernel made only of ops the backend removes
+(``zero_cost_ops``, e.g. dropout at inference) costs 0 ms *by declaration in the predictor*; any other kernel
+without a regressor is an :class:`~hwnas.errors.UnknownKernelError`, never a silent 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import weakref
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hwnas.errors import PredictorFileError, UnknownKernelError
+from hwnas.graph import OpGraph, capture
+from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
+from hwnas.predictor._format import predictor_checksum, read_predictor
+from hwnas.predictor._regressors import apply_target
+
+__all__ = ["LatencyPredictor", "list_latency_predictors", "load_latency_predictor", "embedded_dir"]
+
+_CACHE_SIZE = 64
+
+
+def embedded_dir() -> Path:
+    """Folder of the predictors shipped inside the package."""
+    return Path(str(resources.files("hwnas") / "predictors"))
+
+
+def _embedded() -> dict[str, Path]:
+    root = embedded_dir()
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "predictor.json").is_file()}
+
+
+def list_latency_predictors() -> list[dict[str, Any]]:
+    """Metadata of the embedded predictors (no arrays are loaded).
+
+    Returns
+    -------
+    list of dict
+        One per predictor, with ``name``, ``version``, ``backend``, ``device``, ``threads``, ``batch_size``,
+        ``precision``, ``units`` and ``path``.
+    """
+    out = []
+    for name, path in _embedded().items():
+        with open(path / "predictor.json", encoding="utf-8") as f:
+            meta = json.load(f)
+        device = meta.get("device", {})
+        out.append({
+            "name": meta.get("name", name), "version": meta.get("version"), "backend": meta.get("backend"),
+            "device": device.get("description") if isinstance(device, dict) else device,
+            "threads": meta.get("threads"), "batch_size": meta.get("batch_size"),
+            "precision": meta.get("precision"), "units": meta.get("units", "ms"), "path": str(path),
+        })
+    return out
+
+
+def load_latency_predictor(name_or_path: str | os.PathLike) -> "LatencyPredictor":
+    """Load an embedded predictor by name, or a predictor directory / ``.zip`` by path.
+
+    Raises
+    ------
+    PredictorFileError
+        Unknown name, missing path, or a corrupt, tampered or future-schema file.
+    """
+    embedded = _embedded()
+    key = os.fspath(name_or_path)
+    if key in embedded:
+        path = embedded[key]
+    elif os.path.exists(key):
+        path = Path(key)
+    else:
+        known = ", ".join(embedded) or "none"
+        raise PredictorFileError(f"no predictor named {key!r} and no such path; embedded predictors: {known}")
+    metadata, regressors = read_predictor(path)
+    return LatencyPredictor(metadata, regressors, path=path)
+
+
+class LatencyPredictor:
+    """Predicts the latency of models (ms) on one backend and device.
+
+    Parameters
+    ----------
+    metadata : dict
+        The predictor's ``predictor.json`` content.
+    regressors : dict
+        Kernel type → regressor with ``predict(X) -> ndarray``.
+    path : Path, optional
+        Where it was loaded from (for messages and checksums).
+    """
+
+    def __init__(self, metadata: dict[str, Any], regressors: dict[str, Any], path: Path | None = None):
+        self.metadata = metadata
+        self.regressors = regressors
+        self.path = path
+        self.name: str = metadata["name"]
+        self.backend: str = metadata["backend"]
+        self.rules = FusionRules(metadata.get("fusion_rules", []))
+        self.zero_cost_ops = frozenset(metadata.get("zero_cost_ops", []))
+        self.scale = 1.0
+        #: Per-call cost of the backend (ms), paid once per model run, not once per kernel.
+        self.overhead_ms = float(metadata.get("model_overhead_ms", 0.0))
+        self._specs = metadata["kernels"]
+        for ktype, spec in self._specs.items():
+            unknown = [f for f in spec["features"] if f not in FEATURE_NAMES]
+            if unknown:
+                raise PredictorFileError(f"predictor {self.name!r}: kernel {ktype!r} uses unknown features {unknown}")
+        self._module_cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+        self._path_cache: OrderedDict[tuple, list[Kernel]] = OrderedDict()
+        self._device_checked = False
+
+    # -- identity -------------------------------------------------------------------------------------------------
+    @property
+    def checksum(self) -> str:
+        """Stable digest of the predictor's data (for caching derived tables)."""
+        return predictor_checksum(self.path) if self.path is not None else _digest(self.metadata)
+
+    def __repr__(self) -> str:
+        return f"LatencyPredictor({self.name!r}, backend={self.backend!r}, kernel types={len(self._specs)})"
+
+    def _check_device(self) -> None:
+        if self._device_checked:
+            return
+        self._device_checked = True
+        fp = self.metadata.get("device", {}).get("fingerprint") if isinstance(self.metadata.get("device"), dict) else None
+        if not fp:
+            return
+        try:
+            from hwnas.builder._device import fingerprint, same_device
+        except ImportError:
+            return
+        if not same_device(fp, fingerprint()):
+            warnings.warn(f"predictor {self.name!r} was measured on {fp.get('cpu_model', 'another device')}; this "
+                          "machine differs, so predictions describe the predictor's device, not this one",
+                          stacklevel=3)
+
+    # -- kernels ----------------------------------------------------------------------------------------------------
+    def graph_kernels(self, graph: OpGraph) -> list[Kernel]:
+        """Kernels of an op graph under this predictor's fusion rules."""
+        return detect_kernels(graph, self.rules)
+
+    def kernels(self, model: Any, model_type: str = "torch",
+                input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> list[Kernel]:
+        """Kernels of a model; the capture is cached per model object (or file) and input shape.
+
+        The cache holds a weak reference to ``nn.Module`` and TorchScript objects: a model changed in place
+        after a prediction keeps its old graph; call :meth:`clear_cache` after changing its structure.
+        """
+        shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        key = (model_type, shape)
+        if isinstance(model, (str, os.PathLike)):
+            st = os.stat(model) if os.path.exists(model) else None
+            pkey = (os.fspath(model), st.st_mtime_ns if st else 0, st.st_size if st else 0, key)
+            if pkey in self._path_cache:
+                self._path_cache.move_to_end(pkey)
+                return self._path_cache[pkey]
+            kernels = self.graph_kernels(capture(model, model_type, shape))
+            self._path_cache[pkey] = kernels
+            if len(self._path_cache) > _CACHE_SIZE:
+                self._path_cache.popitem(last=False)
+            return kernels
+        if isinstance(model, OpGraph):
+            return self.graph_kernels(model)
+        try:
+            per_model = self._module_cache.setdefault(model, {})
+        except TypeError:   # not weak-referenceable (e.g. an onnx.ModelProto)
+            return self.graph_kernels(capture(model, model_type, shape))
+        if key not in per_model:
+            per_model[key] = self.graph_kernels(capture(model, model_type, shape))
+        return per_model[key]
+
+    def clear_cache(self) -> None:
+        """Forget cached graphs."""
+        self._module_cache = weakref.WeakKeyDictionary()
+        self._path_cache.clear()
+
+    # -- prediction -------------------------------------------------------------------------------------------------
+    def kernel_latencies(self, kernels: Sequence[Kernel]) -> np.ndarray:
+        """Latency of each kernel, ms (vectorised per kernel type)."""
+        self._check_device()
+        out = np.zeros(len(kernels), dtype=np.float64)
+        by_type: dict[str, list[int]] = {}
+        for i, k in enumerate(kernels):
+            if k.type in self._specs:
+                by_type.setdefault(k.type, []).append(i)
+            elif all(op in self.zero_cost_ops for op in k.ops):
+                continue   # declared free on this backend
+            else:
+                raise UnknownKernelError(k.type, k.ops, i, self.name)
+        for ktype, idx in by_type.items():
+            spec = self._specs[ktype]
+            names = spec["features"]
+            x = np.array([[kernels[i].features[n] for n in names] for i in idx], dtype=np.float64)
+            raw = self.regressors[ktype].predict(x)
+            out[idx] = apply_target(spec.get("target", "ms"), raw)
+        return out * self.scale
+
+    def predict(self, model: Any, model_type: str = "torch",
+                input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> float:
+        """Predicted latency of ``model``, in ms.
+
+        Parameters
+        ----------
+        model : nn.Module, ScriptModule, onnx.ModelProto, OpGraph, or a file path
+        model_type : {"torch", "torchscript", "onnx", "graph"}
+        input_shape : sequence of int
+            Input shape with batch, NCHW. Should match the predictor's ``batch_size``.
+
+        Returns
+        -------
+        float
+            Latency in milliseconds: the kernels' latencies plus the backend's per-call overhead
+            (:attr:`overhead_ms`), once.
+        """
+        kernels = self.kernels(model, model_type, input_shape)
+        return float(self.kernel_latencies(kernels).sum()) + self.overhead_ms * self.scale
+
+    def predict_kernels(self, model: Any, model_type: str = "torch",
+                        input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> list[dict[str, Any]]:
+        """One row per kernel: ``type``, ``ops``, ``nodes``, ``features``, ``ms`` (for debugging).
+
+        The rows sum to :meth:`predict` minus :attr:`overhead_ms`."""
+        kernels = self.kernels(model, model_type, input_shape)
+        ms = self.kernel_latencies(kernels)
+        return [{"type": k.type, "ops": k.ops, "nodes": [n.name for n in k.nodes], "features": dict(k.features),
+                 "ms": float(t)} for k, t in zip(kernels, ms)]
+
+
+def _digest(metadata: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
