@@ -57,7 +57,7 @@ def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, f
         spec = r["spec"]
         nodes = spec_nodes(spec)
         shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
-        net = float(r["ms"]) - overhead.get(shape, 0.0)
+        net = float(r["ms"]) if r.get("method") == "in_context" else float(r["ms"]) - overhead.get(shape, 0.0)
         by_type.setdefault(spec["type"], []).append((kernel_features(nodes), max(net, 1e-4)))
     return by_type, overhead
 
