@@ -5,12 +5,16 @@ and the time of a second prediction on the same model object (graph cached). Goa
 ≤ 10 ms cached. Times are wall-clock medians of ``--repeats`` runs in this process, one thread.
 
     python -m experiments.benchmarks.predict_speed --predictor NAME [--models resnet50,mobilenet_v2]
+    python -m experiments.benchmarks.predict_speed --predictor synthetic
+
+``--predictor synthetic`` fits, in this process, a predictor with one 100-tree random forest per kernel type of the
+benchmarked models on synthetic targets: its latencies mean nothing, but its size (and so the speed of capture,
+kernel detection and tree evaluation) is that of a real one. Use it before an embedded predictor exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -33,6 +37,38 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def synthetic_predictor(models: list[str], tmp: str):
+    """A predictor of realistic size (100-tree forests) for every kernel type of ``models``; targets are synthetic."""
+    import numpy as np
+    from sklearn.ensemble import RandomForestRegressor
+
+    from hwnas.builder._fit import features_for
+    from hwnas.kernels import FusionRules, detect_kernels
+    from hwnas.predictor._format import write_predictor
+    from hwnas.predictor._regressors import TreeEnsemble
+
+    rules = [["conv", "bn"], ["dwconv", "bn"], ["conv", "bn", "relu"], ["conv", "bn", "relu6"],
+             ["dwconv", "bn", "relu6"], ["dwconv", "bn", "relu"], ["add", "relu"], ["conv", "bn", "hswish"],
+             ["dwconv", "bn", "hswish"], ["conv", "bn", "silu"], ["dwconv", "bn", "silu"], ["bn", "relu"]]
+    feats: dict[str, list[dict]] = {}
+    for name in models:
+        g = capture(torchvision.models.get_model(name, weights=None), "torch", (1, 3, 224, 224))
+        for k in detect_kernels(g, FusionRules(rules)):
+            feats.setdefault(k.type, []).append(k.features)
+    rng = np.random.default_rng(0)
+    regs, kernels = {}, {}
+    for t, rows in feats.items():
+        names = features_for(t)
+        x = np.array([[r[n] for n in names] for r in rows])
+        x = np.concatenate([x * rng.uniform(0.5, 2.0, size=x.shape) for _ in range(max(1, 2000 // len(x)))])
+        y = np.log1p(x.sum(1)) + rng.normal(0, 0.05, len(x))
+        regs[t] = TreeEnsemble.from_sklearn(RandomForestRegressor(100, random_state=0, n_jobs=1).fit(x, y))
+        kernels[t] = {"features": names, "target": "log_ms"}
+    meta = {"name": "synthetic-speed-test", "backend": "torchscript-cpu", "units": "ms", "fusion_rules": rules,
+            "zero_cost_ops": ["dropout", "identity"], "kernels": kernels}
+    return load_latency_predictor(write_predictor(f"{tmp}/synthetic", meta, regs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--predictor", required=True)
@@ -40,8 +76,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pred = load_latency_predictor(args.predictor)
-    print(f"device: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    if args.predictor == "synthetic":
+        pred = synthetic_predictor(args.models.split(","), tmp)
+    else:
+        pred = load_latency_predictor(args.predictor)
+    from hwnas.builder._device import describe, fingerprint
+
+    print(f"device: {describe(fingerprint())}, torch {torch.__version__}, 1 thread, "
           f"predictor {pred.name}")
     print(f"{'model':22s} {'ops':>5s} {'kernels':>7s} {'capture':>8s} {'detect':>7s} {'regress':>8s} "
           f"{'cold':>7s} {'cached':>7s} {'pred ms':>8s}")
