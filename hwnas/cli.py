@@ -115,8 +115,10 @@ def _optional_commands() -> list[Callable]:
 
     regs = []
     for mod in ("hwnas.builder._cli", "hwnas.export._cli"):
-        if importlib.util.find_spec(mod) is not None:   # a broken module still raises: no silent skip
-            regs.append(importlib.import_module(mod).register)
+        parent = mod.rsplit(".", 1)[0]
+        if importlib.util.find_spec(parent) is None or importlib.util.find_spec(mod) is None:
+            continue   # subsystem not in this version; a present but broken module still raises
+        regs.append(importlib.import_module(mod).register)
     return regs
 
 
