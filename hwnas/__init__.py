@@ -4,7 +4,7 @@ Public API (everything else is private machinery and may change):
 
 - :func:`list_latency_predictors` — metadata of the embedded predictors.
 - :func:`load_latency_predictor` — a predictor by name or path; ``.predict(model, model_type, input_shape)`` → ms.
-- :class:`LatencyTable` — per-choice latencies of a search space; scores architectures in microseconds.
+- :class:`LatencyTable` — per-choice latencies (ms) of a search space; scores millions of architectures per second.
 - :mod:`hwnas.builder` — ``measure_latency`` and the predictor builder.
 - :mod:`hwnas.export` — ``export_torchscript`` and friends.
 

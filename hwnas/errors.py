@@ -45,3 +45,15 @@ class InfeasibleBudgetError(HwnasError):
 
 class ArchitectureError(HwnasError, ValueError):
     """An architecture names a label or a choice the search space does not have."""
+
+
+class TableFileError(HwnasError):
+    """A latency table file is missing, corrupt, or of a newer schema than this hwnas reads."""
+
+
+class FusionBoundaryError(HwnasError):
+    """A fusion rule of the predictor can fuse ops across a block boundary: a per-block table cannot be exact."""
+
+
+class StoreError(HwnasError):
+    """A measurement store is corrupt, or stores of different machines or protocols would be mixed."""

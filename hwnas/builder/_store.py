@@ -41,14 +41,10 @@ import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from hwnas.builder import _device
-from hwnas.errors import HwnasError
+from hwnas.errors import StoreError
 
 STORE_SCHEMA = 1
 _RAW_DECIMALS = 4  # ms -> 0.1 µs
-
-
-class StoreError(HwnasError):
-    """A measurement store is corrupt, or stores of different machines or protocols would be mixed."""
 
 
 def item_key(kind: str, config: Mapping[str, Any] | None = None) -> str:
