@@ -159,6 +159,21 @@ def sample_kernels(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
     return specs + extra
 
 
+def _round_robin(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Interleave specs by kernel type (stable within a type), so that a build stopped by its time budget has
+    measured some kernels of every type."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for s in specs:
+        by_type.setdefault(s["type"], []).append(s)
+    out: list[dict[str, Any]] = []
+    queues = [list(v) for v in by_type.values()]
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
 def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress: bool = True) -> int:
     """Measure the pending specs into the store; returns how many were measured in this call."""
     from tqdm.auto import tqdm
@@ -173,7 +188,7 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
     todo = list(specs)
     if cfg.shard:
         todo = shard(todo, cfg.shard, key=spec_key)
-    todo = store.pending(todo, key=spec_key)
+    todo = _round_robin(store.pending(todo, key=spec_key))
     # one overhead record per input shape that occurs
     shapes = sorted({tuple(s["ops"][0]["input_shapes"][0]) for s in todo if s["ops"][0]["input_shapes"]})
     deadline = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None
