@@ -66,8 +66,9 @@ def _candidates(seed: int) -> dict[str, Any]:
     from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 
     return {
-        "random_forest": RandomForestRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1),
-        "extra_trees": ExtraTreesRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1),
+        # 64 trees with 2 samples per leaf keep a shipped predictor to a few MB (full trees: ~30 MB)
+        "random_forest": RandomForestRegressor(n_estimators=64, min_samples_leaf=2, random_state=seed, n_jobs=1),
+        "extra_trees": ExtraTreesRegressor(n_estimators=64, min_samples_leaf=2, random_state=seed, n_jobs=1),
         "gradient_boosting": GradientBoostingRegressor(n_estimators=300, max_depth=4, learning_rate=0.05,
                                                        subsample=0.8, random_state=seed),
     }

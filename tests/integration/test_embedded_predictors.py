@@ -1,0 +1,44 @@
+"""Each embedded predictor loads, lists its metadata, and prices torchvision models or refuses them explicitly."""
+
+import math
+
+import pytest
+import torchvision
+
+import hwnas
+from hwnas.errors import UnknownKernelError
+
+PREDICTORS = [p["name"] for p in hwnas.list_latency_predictors()]
+MODELS = torchvision.models.list_models(module=torchvision.models)
+# Families whose kernels were in the build's sampling prior: these must all be priced.
+PRIOR_FAMILIES = ("mobilenet", "shufflenet", "mnasnet", "resnet", "resnext", "efficientnet_b", "regnet",
+                  "squeezenet", "densenet", "googlenet", "wide_resnet")
+
+
+def test_at_least_one_embedded_predictor_per_cpu_backend_listed():
+    backends = {p["backend"] for p in hwnas.list_latency_predictors()}
+    assert "torchscript-cpu" in backends
+    for p in hwnas.list_latency_predictors():
+        assert {"name", "backend", "device", "threads", "batch_size", "precision"} <= set(p)
+        assert p["threads"] == 1 and p["batch_size"] == 1 and p["precision"] == "fp32"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_embedded_predictor_prices_or_refuses_every_torchvision_model(name):
+    pred = hwnas.load_latency_predictor(name)
+    assert pred.metadata["units"] == "ms" and pred.metadata["kernels"]
+    refused = []
+    for model_name in MODELS:
+        model = torchvision.models.get_model(model_name, weights=None)
+        shape = (1, 3, 299, 299) if model_name.startswith("inception") else (1, 3, 224, 224)
+        try:
+            ms = pred.predict(model, "torch", shape)
+        except UnknownKernelError as e:   # explicit, names the kernel: never a silent 0 ms
+            assert e.kernel_type in str(e)
+            refused.append(model_name)
+            continue
+        assert math.isfinite(ms) and ms > 0, model_name
+    must_price = [m for m in MODELS if m.startswith(PRIOR_FAMILIES)]
+    assert not set(refused) & set(must_price), sorted(set(refused) & set(must_price))
+    print(f"{name}: priced {len(MODELS) - len(refused)} of {len(MODELS)}; refused {refused}")
