@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol, summarize
-from hwnas.errors import CaptureError, InputShapeError
+from hwnas.errors import CaptureError
 
 #: Registered backends: name -> "module:Class". Read-only; extend by adding a line here.
 BACKENDS: Mapping[str, str] = MappingProxyType({
@@ -161,13 +161,9 @@ def _quiet_deprecations() -> Iterator[None]:
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """Validate an input shape: a sequence of >= 2 positive ints (batch included)."""
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError) as e:
-        raise InputShapeError(f"input_shape must be a sequence of ints, got {input_shape!r}") from e
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise InputShapeError(f"input_shape must have rank >= 2 and positive sizes, got {shape}")
-    return shape
+    from hwnas.graph._capture import check_input_shape as _check
+
+    return _check(input_shape)
 
 
 def _example_input(shape: tuple[int, ...]) -> Any:

@@ -11,7 +11,8 @@ from hwnas.graph._ir import OpGraph
 MODEL_TYPES = ("torch", "torchscript", "onnx", "graph")
 
 
-def _check_shape(input_shape: Sequence[int] | None) -> tuple[int, ...]:
+def check_input_shape(input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """Validate an input shape: a sequence of >= 2 positive ints (batch included); raises InputShapeError."""
     if input_shape is None:
         raise InputShapeError("input_shape is required (e.g. (1, 3, 224, 224))")
     try:
@@ -60,8 +61,8 @@ def capture(model: Any, model_type: str = "torch", input_shape: Sequence[int] | 
     if model_type == "onnx":
         from hwnas.graph._onnx import capture_onnx
 
-        return capture_onnx(model, _check_shape(input_shape) if input_shape is not None else None)
-    shape = _check_shape(input_shape)
+        return capture_onnx(model, check_input_shape(input_shape) if input_shape is not None else None)
+    shape = check_input_shape(input_shape)
     if model_type == "torchscript":
         from hwnas.graph._onnx import capture_torchscript
 
