@@ -45,19 +45,24 @@ def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, f
     overhead: dict[str, float] = {}
     by_type: dict[str, list[tuple[dict, float]]] = {}
     kernel_recs = []
+    seen: set[str] = set()
     for path in sorted(raw.glob("kernels*.jsonl")) + sorted(raw.glob("kernels*.jsonl.gz")):
         for r in read_records(path):
-            if r.get("type") != "measurement":
-                continue
+            if r.get("type") != "measurement" or r["key"] in seen:
+                continue   # a key measured twice (a plain and a gzipped copy of one store): first record wins
+            seen.add(r["key"])
             if r.get("kind") == "overhead":
                 overhead[str(list(r["input_shape"]))] = float(r["ms"])
             elif r.get("kind") == "kernel":
                 kernel_recs.append(r)
     for r in kernel_recs:
+        if r.get("method") == "failed":   # recorded with ms = -1 and the error
+            continue
         spec = r["spec"]
         nodes = spec_nodes(spec)
         shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
-        net = float(r["ms"]) if r.get("method") == "in_context" else float(r["ms"]) - overhead.get(shape, 0.0)
+        # in-context and isolated-fallback records are already net of the call overhead; old isolated ones are not
+        net = float(r["ms"]) if "parts" in r else float(r["ms"]) - overhead.get(shape, 0.0)
         by_type.setdefault(spec["type"], []).append((kernel_features(nodes), max(net, 1e-4)))
     return by_type, overhead
 

@@ -66,6 +66,11 @@ def torchvision_prior(resolutions: Sequence[int] = (160, 224)) -> list[PriorMode
         tv_name = name.split("_w")[0] if name.startswith("mobilenet") else name
         for r in resolutions:
             out.append(PriorModel(f"{name}@{r}", family, _tv(tv_name, **kw), (1, 3, r, r)))
+    # families whose input size is fixed by the architecture (position embeddings, 7x7 adaptive pooling heads)
+    for name, family in (("vit_b_16", "vit"), ("vit_b_32", "vit"), ("swin_t", "swin"), ("swin_v2_t", "swin"),
+                         ("convnext_tiny", "convnext"), ("maxvit_t", "maxvit"), ("vgg11_bn", "vgg"),
+                         ("alexnet", "alexnet")):
+        out.append(PriorModel(f"{name}@224", family, _tv(name), (1, 3, 224, 224)))
     return out
 
 

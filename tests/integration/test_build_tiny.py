@@ -43,3 +43,29 @@ def test_tiny_build_measures_fits_loads_predicts_and_resumes(tmp_path):
     assert set(pred.metadata["kernels"]) == {"conv-bn-relu", "global_avgpool", "reshape", "fc"}
     ms = pred.predict(_net(16), "torch", (1, 3, 24, 24))
     assert ms > 0
+
+
+@pytest.mark.slow
+def test_an_unmeasurable_kernel_is_recorded_and_skipped_not_fatal(tmp_path, monkeypatch):
+    import hwnas.builder._build as build_mod
+
+    cfg = BuildConfig(out=tmp_path / "b", fusion_rules=RULES, protocol=QUICK_PROTOCOL, name="tiny-fail")
+    (tmp_path / "b" / "raw").mkdir(parents=True)
+    models = [PriorModel(f"net{w}", "tiny", lambda w=w: _net(w), (1, 3, 16, 16)) for w in (8, 16, 24, 32)]
+    specs = prior_specs(models, FusionRules(RULES), progress=False)
+    real = build_mod._measure_kernel
+    calls = {"n": 0}
+
+    def flaky(backend, module, c):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("backend cannot run this kernel")
+        return real(backend, module, c)
+
+    monkeypatch.setattr(build_mod, "_measure_kernel", flaky)
+    assert measure_kernels(cfg, specs, progress=False) == len(specs) - 1
+    recs = [r for r in read_records(tmp_path / "b" / "raw" / "kernels.jsonl") if r.get("kind") == "kernel"]
+    failed = [r for r in recs if r["method"] == "failed"]
+    assert len(failed) == 1 and "cannot run this kernel" in failed[0]["error"] and failed[0]["ms"] < 0
+    pred = load_latency_predictor(fit_predictor(cfg, FusionRules(RULES), progress=False))
+    assert pred.metadata["accuracy"]["n_kernels"] == len(specs) - 1
