@@ -125,7 +125,7 @@ class LatencyPredictor:
     @property
     def checksum(self) -> str:
         """Stable digest of the predictor's data (for caching derived tables)."""
-        return predictor_checksum(self.path) if self.path is not None else _digest(self.metadata)
+        return predictor_checksum(self.metadata)   # the loaded, verified predictor.json: no second read
 
     def __repr__(self) -> str:
         return f"LatencyPredictor({self.name!r}, backend={self.backend!r}, kernel types={len(self._specs)})"
@@ -237,8 +237,3 @@ class LatencyPredictor:
         return [{"type": k.type, "ops": k.ops, "nodes": [n.name for n in k.nodes], "features": dict(k.features),
                  "ms": float(t)} for k, t in zip(kernels, ms)]
 
-
-def _digest(metadata: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode()).hexdigest()
