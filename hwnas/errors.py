@@ -57,3 +57,7 @@ class FusionBoundaryError(HwnasError):
 
 class StoreError(HwnasError):
     """A measurement store is corrupt, or stores of different machines or protocols would be mixed."""
+
+
+class DataError(HwnasError):
+    """A dataset path is missing or malformed (hwnas never downloads data)."""

@@ -1,0 +1,149 @@
+"""Latency budgets over a search space's :class:`~hwnas.tables.LatencyTable` (NNI-free core of the filters).
+
+The table makes every check exact and cheap: an architecture's latency is a gather and a sum, and the fastest
+and slowest architectures of the space are the per-label minima and maxima, so a budget no architecture meets
+is known before anything is sampled or trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from hwnas.errors import InfeasibleBudgetError
+
+__all__ = ["BudgetedSampler", "LatencyBudget"]
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """Accept architectures with ``min_ms <= latency <= max_ms`` (predicted, ms).
+
+    Attributes
+    ----------
+    max_ms : float
+        Largest accepted latency, ms.
+    min_ms : float, optional
+        Smallest accepted latency, ms (e.g. to keep a search away from trivially small networks).
+    """
+
+    max_ms: float
+    min_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_ms, (int, float)) and math.isfinite(self.max_ms) and self.max_ms > 0):
+            raise ValueError(f"max_ms must be a positive number of ms, got {self.max_ms!r}")
+        if self.min_ms is not None and not (math.isfinite(self.min_ms) and 0 <= self.min_ms <= self.max_ms):
+            raise ValueError(f"min_ms must be in [0, max_ms={self.max_ms}], got {self.min_ms!r}")
+
+    def contains(self, latency_ms: Any) -> Any:
+        """Whether ``latency_ms`` (a float or an array, ms) is within the budget."""
+        ok = np.asarray(latency_ms) <= self.max_ms
+        if self.min_ms is not None:
+            ok = ok & (np.asarray(latency_ms) >= self.min_ms)
+        return bool(ok) if np.ndim(ok) == 0 else ok
+
+    def __str__(self) -> str:
+        lo = f"{self.min_ms:g} ms <= " if self.min_ms is not None else ""
+        return f"{lo}latency <= {self.max_ms:g} ms"
+
+
+class BudgetedSampler:
+    """Checks, describes and samples architectures of a table's space within a :class:`LatencyBudget`.
+
+    Parameters
+    ----------
+    table : LatencyTable
+        The space's per-choice latency table (its predictor defines "latency").
+    budget : LatencyBudget or float
+        The budget; a float is ``LatencyBudget(max_ms=value)``.
+    batch : int
+        Candidates drawn per vectorised rejection round of :meth:`sample`.
+    max_draws : int
+        Candidates drawn in all before :meth:`sample` gives up with :class:`InfeasibleBudgetError` (the budget
+        is feasible but so tight that uniform sampling almost never meets it).
+    """
+
+    def __init__(self, table: Any, budget: LatencyBudget | float, *, batch: int = 4096, max_draws: int = 2_000_000):
+        self.table = table
+        self.budget = budget if isinstance(budget, LatencyBudget) else LatencyBudget(float(budget))
+        self._batch, self._max_draws = int(batch), int(max_draws)
+        self._labels = list(table.labels)
+        self._choices = [list(table.choices[label]) for label in self._labels]
+        self._n = np.array([len(c) for c in self._choices], dtype=np.int64)
+        self._feasible_checked = False
+
+    # -- checks ---------------------------------------------------------------------------------------------------
+    def check_feasible(self) -> None:
+        """Raise :class:`InfeasibleBudgetError` unless some architecture of the space meets the budget.
+
+        Exact: the space's latencies span ``[table.min_latency(), table.max_latency()]``, and the budget must
+        reach the fastest (``max_ms``) and not exceed the slowest (``min_ms``).
+        """
+        lo, hi = self.table.min_latency(), self.table.max_latency()
+        if self.budget.max_ms < lo:
+            raise InfeasibleBudgetError(
+                f"no architecture meets the latency budget {self.budget}: the fastest architecture of the space "
+                f"takes {lo:.4g} ms on predictor {self._predictor_name()} (slowest {hi:.4g} ms)")
+        if self.budget.min_ms is not None and self.budget.min_ms > hi:
+            raise InfeasibleBudgetError(
+                f"no architecture meets the latency budget {self.budget}: the slowest architecture of the space "
+                f"takes {hi:.4g} ms on predictor {self._predictor_name()} (fastest {lo:.4g} ms)")
+        self._feasible_checked = True
+
+    def _predictor_name(self) -> str:
+        try:
+            return str(self.table.metadata["predictor"]["name"])
+        except (AttributeError, KeyError, TypeError):
+            return "?"
+
+    def accepts(self, arch: Mapping[str, str]) -> bool:
+        """Whether ``arch`` is within the budget (raises :class:`ArchitectureError` for an invalid one)."""
+        return bool(self.budget.contains(self.table.latency(arch)))
+
+    def describe(self, arch: Mapping[str, str]) -> dict[str, Any]:
+        """``{"latency_ms": float (ms), "flops": int (MACs), "params": int}`` of ``arch`` from the table."""
+        return {"latency_ms": self.table.latency(arch), "flops": self.table.flops(arch),
+                "params": self.table.params(arch)}
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+    def sample_many(self, n: int, rng: np.random.Generator | int | None = None) -> list[dict[str, str]]:
+        """``n`` architectures drawn independently and uniformly from those within the budget.
+
+        Vectorised rejection sampling: uniform candidates are drawn ``batch`` at a time and scored with the
+        table, so millions of candidates cost about a second.
+        """
+        if not self._feasible_checked:
+            self.check_feasible()
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        picked: list[np.ndarray] = []
+        have, drawn = 0, 0
+        while have < n:
+            if drawn >= self._max_draws:
+                rate = have / max(drawn, 1)
+                raise InfeasibleBudgetError(
+                    f"latency budget {self.budget} is met by too few architectures to sample: {have} of {drawn} "
+                    f"uniform draws (acceptance {rate:.2e}); the space spans {self.table.min_latency():.4g}.."
+                    f"{self.table.max_latency():.4g} ms: loosen the budget")
+            idx = (rng.random((self._batch, len(self._n))) * self._n).astype(np.int64)
+            ok = self.budget.contains(self.table.latency_batch(idx))
+            drawn += self._batch
+            if np.any(ok):
+                picked.append(idx[ok])
+                have += int(np.count_nonzero(ok))
+        rows = np.concatenate(picked)[:n]
+        return [{label: self._choices[j][int(i)] for j, (label, i) in enumerate(zip(self._labels, row))}
+                for row in rows]
+
+    def sample(self, rng: np.random.Generator | int | None = None) -> dict[str, str]:
+        """One architecture drawn uniformly from those within the budget (see :meth:`sample_many`)."""
+        return self.sample_many(1, rng)[0]
+
+    def acceptance_rate(self, n: int = 100_000, rng: np.random.Generator | int | None = 0) -> float:
+        """Share of uniformly drawn architectures within the budget (an estimate from ``n`` draws)."""
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        idx = (rng.random((int(n), len(self._n))) * self._n).astype(np.int64)
+        return float(np.mean(self.budget.contains(self.table.latency_batch(idx))))
