@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torchvision
 
+from hwnas.builder._fit import error_metrics
+
 QUICK = {
     "mobilenet_v2": [("mobilenet_v2", {"width_mult": w}) for w in (0.5, 1.0)],
     "mobilenet_v3": [("mobilenet_v3_large", {}), ("mobilenet_v3_small", {})],
@@ -50,9 +52,9 @@ def _models(which: str, seed: int):
 
 
 def _errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    rel = (pred - true) / true
-    return {"n": len(true), "±5%": float(np.mean(np.abs(rel) <= 0.05)), "±10%": float(np.mean(np.abs(rel) <= 0.10)),
-            "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2))), "rmspe": float(np.sqrt(np.mean(rel ** 2)))}
+    m = error_metrics(pred, true)
+    return {"n": m["n"], "±5%": m["within_5pct"], "±10%": m["within_10pct"], "rmse_ms": m["rmse_ms"],
+            "rmspe": m["rmspe"]}
 
 
 def main() -> None:

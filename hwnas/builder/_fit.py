@@ -79,10 +79,15 @@ def _candidates(seed: int) -> dict[str, Any]:
     }
 
 
-def _errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+def error_metrics(pred: Any, true: Any) -> dict[str, float]:
+    """Accuracy of predicted against measured latencies (both ms): ``n``, ``within_5pct`` and ``within_10pct``
+    (share of predictions within ±5% / ±10% of the measurement), ``rmse_ms`` and ``rmspe`` (root mean square
+    percentage error, as a fraction)."""
+    pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     rel = (pred - true) / true
-    return {"rmspe": float(np.sqrt(np.mean(rel ** 2))), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
-            "within_5pct": float(np.mean(np.abs(rel) <= 0.05)), "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2)))}
+    return {"n": int(len(true)), "within_5pct": float(np.mean(np.abs(rel) <= 0.05)),
+            "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+            "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2))), "rmspe": float(np.sqrt(np.mean(rel ** 2)))}
 
 
 def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple[Any, dict[str, Any]]:
@@ -108,7 +113,7 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     report: dict[str, Any] = {"n": n, "candidates": {}}
     for name, est in _candidates(seed).items():
         est.fit(x[train], y[train])
-        err = _errors(np.exp(est.predict(x[test])), np.exp(y[test]))
+        err = error_metrics(np.exp(est.predict(x[test])), np.exp(y[test]))
         report["candidates"][name] = err
         if best is None or err["rmspe"] < report["candidates"][best]["rmspe"]:
             best = name
