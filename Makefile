@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hwnas-installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-predictor test test-fast bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m experiments.random_search --threads 1
+
+demo-predictor: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)

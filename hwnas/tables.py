@@ -378,6 +378,9 @@ class LatencyTable:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; a table is a shareable artefact
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

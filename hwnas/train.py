@@ -108,6 +108,8 @@ def train_model(model: nn.Module, train_data: Dataset, val_data: Dataset | None,
     """
     cfg = cfg or TrainConfig()
     device = torch.device(cfg.device)
+    if len(train_data) == 0:
+        raise ValueError("train_model: the training dataset is empty")
     gen = torch.Generator().manual_seed(int(cfg.seed))
     torch.manual_seed(int(cfg.seed))
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=gen,

@@ -4,6 +4,8 @@ Public API (everything else is private machinery and may change):
 
 - :class:`LatencyBudget`, :class:`BudgetedSampler` — budgets over a :class:`~hwnas.tables.LatencyTable`:
   exact feasibility check, per-architecture latency/FLOPs/params, uniform sampling within the budget (NNI-free).
+- :class:`RandomSearchConfig`, :func:`run_random_search` — the resumable random multi-trial search without the
+  NNI manager; :func:`finish_search` — the ending shared with the NNI launch (top-k table, PNG, best network).
 
 Names are imported lazily on first use, so ``import hwnas.nas`` imports neither torch nor NNI.
 """
@@ -16,6 +18,11 @@ from typing import Any
 _LAZY = {
     "LatencyBudget": "hwnas.nas._budget",
     "BudgetedSampler": "hwnas.nas._budget",
+    "RandomSearchConfig": "hwnas.nas._random_search",
+    "SearchResult": "hwnas.nas._random_search",
+    "run_random_search": "hwnas.nas._random_search",
+    "finish_search": "hwnas.nas._report",
+    "SearchReport": "hwnas.nas._report",
 }
 
 __all__ = sorted(_LAZY)

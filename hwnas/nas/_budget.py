@@ -36,7 +36,8 @@ class LatencyBudget:
     def __post_init__(self) -> None:
         if not (isinstance(self.max_ms, (int, float)) and math.isfinite(self.max_ms) and self.max_ms > 0):
             raise ValueError(f"max_ms must be a positive number of ms, got {self.max_ms!r}")
-        if self.min_ms is not None and not (math.isfinite(self.min_ms) and 0 <= self.min_ms <= self.max_ms):
+        if self.min_ms is not None and not (isinstance(self.min_ms, (int, float)) and math.isfinite(self.min_ms)
+                                            and 0 <= self.min_ms <= self.max_ms):
             raise ValueError(f"min_ms must be in [0, max_ms={self.max_ms}], got {self.min_ms!r}")
 
     def contains(self, latency_ms: Any) -> Any:
@@ -118,6 +119,8 @@ class BudgetedSampler:
         """
         if not self._feasible_checked:
             self.check_feasible()
+        if n <= 0:
+            return []
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         picked: list[np.ndarray] = []
         have, drawn = 0, 0

@@ -1,0 +1,198 @@
+"""Random multi-trial search under a latency budget, without the NNI manager (the README's main job).
+
+Samples architectures of a search space uniformly among those whose predicted latency meets the budget (the
+latency table rejects the others before any training), trains each for a few epochs, evaluates it, appends the
+result to ``OUT_DIR/trials.jsonl``, and ends with the top-k table, ``search.png``, ``topk.json`` and the best
+network saved (and exported to TorchScript). Running the same command again resumes: finished trials are not
+repeated, and ``--trials`` may grow.
+
+    python -m experiments.random_search                          # the default: digits, proxyless, 8 trials x 2 epochs
+    python -m experiments.random_search --config experiments/configs/random_search.yaml
+    python -m experiments.random_search --data cifar10 --data-root ~/data/cifar10 --trials 20 --epochs 5
+
+A YAML file given with ``--config`` sets the defaults (keys are the option names, with ``_`` or ``-``); options
+given on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+DESCRIPTION = __doc__.split("\n\n")[0]
+EPILOG = """\
+budget: by default the budget is the median predicted latency of the space (--budget-quantile 0.5), so about half
+of the architectures pass; --budget-ms sets it in milliseconds of the predictor's device. The run prints the space's
+latency range and the acceptance rate.
+
+output (OUT_DIR): config.json, trials.jsonl (one line per finished trial: arch, accuracy as "default",
+latency_ms, flops, params, ...), trials/<i>.pt (weights of the current top-k), topk.json, search.png,
+best/arch.json, best/state_dict.pt, best/model.pt (TorchScript).
+
+resume: rerun the same command. A different configuration in the same OUT_DIR is refused; --force discards the
+old results and starts over.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also the list of keys a YAML config may set)."""
+    p = argparse.ArgumentParser(prog="python -m experiments.random_search", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="YAML", help="YAML file of option defaults (keys = option names)")
+    p.add_argument("--out-dir", metavar="DIR", default="runs/random_search",
+                   help="results folder; rerun to resume (%(default)s)")
+    p.add_argument("--force", action="store_true", help="discard the results already in OUT_DIR and start over")
+
+    g = p.add_argument_group("search")
+    g.add_argument("--space", metavar="NAME", default="proxyless", help="search space: proxyless or spos (%(default)s)")
+    g.add_argument("--width-mult", metavar="W", type=float, default=0.35, help="channel width multiplier (%(default)s)")
+    g.add_argument("--predictor", metavar="NAME", default="torchscript-cpu-xeon",
+                   help="latency predictor, embedded name or directory (%(default)s)")
+    g.add_argument("--budget-ms", metavar="MS", type=float, default=None,
+                   help="latency budget, predicted ms (default: the --budget-quantile of the space)")
+    g.add_argument("--budget-min-ms", metavar="MS", type=float, default=None, help="optional lower latency bound, ms")
+    g.add_argument("--budget-quantile", metavar="Q", type=float, default=0.5,
+                   help="without --budget-ms: this quantile of the space's latencies is the budget (%(default)s)")
+    g.add_argument("--trials", metavar="N", type=int, default=8, help="architectures to train in all (%(default)s)")
+    g.add_argument("--seed", metavar="N", type=int, default=0,
+                   help="seeds architectures, initialisations, training (%(default)s)")
+    g.add_argument("--top-k", metavar="K", type=int, default=5, help="rows of the final table (%(default)s)")
+    g.add_argument("--keep-weights", choices=("topk", "all"), default="topk",
+                   help="keep the weights of the current top-k trials only, or of all (%(default)s)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits", choices=("digits", "cifar10", "imagefolder"),
+                   help="digits (ships with scikit-learn), cifar10 or imagefolder (%(default)s)")
+    g.add_argument("--data-root", metavar="DIR", default=None,
+                   help="directory of CIFAR-10 (cifar-10-batches-py) or an image folder "
+                        "(train/<class>/..., val/<class>/...); never downloaded")
+    g.add_argument("--image-size", metavar="PX", type=int, default=32,
+                   help="input side in pixels, also the space's (%(default)s)")
+    g.add_argument("--workers", metavar="N", type=int, default=0, help="DataLoader worker processes (%(default)s)")
+
+    g = p.add_argument_group("training (per trial)")
+    g.add_argument("--epochs", metavar="N", type=int, default=2, help="passes over the training data (%(default)s)")
+    g.add_argument("--batch-size", metavar="N", type=int, default=64, help="(%(default)s)")
+    g.add_argument("--lr", metavar="LR", type=float, default=0.05,
+                   help="peak SGD learning rate, cosine decay (%(default)s)")
+    g.add_argument("--max-steps", metavar="N", type=int, default=None,
+                   help="cap on optimiser steps per trial (quick runs)")
+    g.add_argument("--device", metavar="DEV", default="cpu", help="cpu, cuda, ... (%(default)s)")
+    g.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+    g = p.add_argument_group("report")
+    g.add_argument("--no-export", dest="export", action="store_false", help="do not export best/model.pt")
+    g.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="do not measure the exported file's latency on this machine")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--json", action="store_true", help="also print a JSON summary on the last line")
+    return p
+
+
+def yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The option defaults of a YAML file, keyed by ``dest``; unknown keys are an error naming them."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        parser.error(f"--config: {file} does not exist")
+    try:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        parser.error(f"--config: {file} is not valid YAML: {err}")
+    if not isinstance(doc, dict):
+        parser.error(f"--config: {file} must hold a mapping of option names to values")
+    dests = {a.dest for a in parser._actions} - {"help", "config"}
+    flags = {s.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for s in a.option_strings}
+    out, unknown = {}, []
+    for key, value in doc.items():
+        name = str(key).replace("-", "_")
+        dest = flags.get(name, name)
+        if dest not in dests:
+            unknown.append(str(key))
+        else:
+            out[dest] = value
+    if unknown:
+        parser.error(f"--config: unknown key(s) {unknown} in {file}; valid keys: "
+                     f"{sorted(k for k in flags if flags[k] in dests)}")
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**yaml_defaults(pre.config, parser))
+    return parser.parse_args(argv)
+
+
+def to_config(args: argparse.Namespace) -> Any:
+    """The :class:`~hwnas.nas._random_search.RandomSearchConfig` of the parsed options."""
+    from hwnas.data import DataConfig
+    from hwnas.nas._budget import LatencyBudget
+    from hwnas.nas._random_search import RandomSearchConfig
+    from hwnas.train import TrainConfig
+
+    budget = None
+    if args.budget_ms is not None:
+        budget = LatencyBudget(float(args.budget_ms), None if args.budget_min_ms is None else float(args.budget_min_ms))
+    elif args.budget_min_ms is not None:
+        raise ValueError("--budget-min-ms needs --budget-ms")
+    data = DataConfig(name=args.data, root=args.data_root, image_size=args.image_size, batch_size=args.batch_size,
+                      num_workers=args.workers)   # the split stays fixed (seed 0) whatever the search seed
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_steps=args.max_steps,
+                        device=args.device, seed=args.seed)
+    return RandomSearchConfig(out_dir=str(args.out_dir), space=args.space, space_config={"width_mult": args.width_mult},
+                              predictor=args.predictor, budget=budget, budget_quantile=args.budget_quantile,
+                              trials=args.trials, data=data, train=train, seed=args.seed, top_k=args.top_k,
+                              keep_weights=args.keep_weights, export=args.export, measure=args.measure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from hwnas.errors import HwnasError
+
+    try:
+        cfg = to_config(args)
+    except (ValueError, TypeError, HwnasError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import torch
+
+    from hwnas.nas._random_search import run_random_search
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # NNI's import-time notices about torch classes and the predictor's other-device notice are not news here.
+        warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
+        warnings.filterwarnings("ignore", message=".*this machine differs.*")
+        try:
+            result = run_random_search(cfg, progress=args.progress, fresh=args.force)
+        except HwnasError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    wall = time.perf_counter() - start
+    ran = set(result.ran)
+    trained = [r["seconds"] for r in result.records if r["trial"] in ran and r.get("seconds") is not None]
+    per = f", {sum(trained) / len(trained):.1f} s of training per trial" if trained else ""
+    print(f"\n{len(result.records)} trials ({len(ran)} run now, {result.resumed} resumed) in {wall:.1f} s{per}")
+    print(f"results: {result.out_dir.resolve()}  (table above; topk.json, search.png, best/)")
+    if args.json:
+        best = result.best
+        print(json.dumps({"out_dir": str(result.out_dir.resolve()), "trials": len(result.records), "ran": len(ran),
+                          "resumed": result.resumed, "seconds": wall, "budget_ms": result.budget.max_ms,
+                          "acceptance_rate": result.acceptance_rate, "latency_range_ms": list(result.latency_range),
+                          "best": None if best is None else {k: best[k] for k in ("trial", "arch", "default",
+                                                                                 "latency_ms", "flops", "params")}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
