@@ -4,6 +4,9 @@ Public API (everything else is private machinery and may change):
 
 - :class:`LatencyBudget`, :class:`BudgetedSampler` — budgets over a :class:`~hwnas.tables.LatencyTable`:
   exact feasibility check, per-architecture latency/FLOPs/params, uniform sampling within the budget (NNI-free).
+- :class:`LatencyProfiler`, :class:`LatencyFilter` — NNI's profiler and ``Filter`` middleware backed by a table
+  (``Chain(Random(), LatencyFilter(table, budget))``); :func:`evaluate_architecture` — the trial of an NNI
+  experiment; :class:`TrialRecorder` keeps full result dicts; :mod:`hwnas.nas._compat` holds every NNI 3.0 fix.
 - :class:`RandomSearchConfig`, :func:`run_random_search` — the resumable random multi-trial search without the
   NNI manager; :func:`finish_search` — the ending shared with the NNI launch (top-k table, PNG, best network).
 
@@ -21,6 +24,12 @@ _LAZY = {
     "RandomSearchConfig": "hwnas.nas._random_search",
     "SearchResult": "hwnas.nas._random_search",
     "run_random_search": "hwnas.nas._random_search",
+    "LatencyProfiler": "hwnas.nas._profiler",
+    "LatencyFilter": "hwnas.nas._profiler",
+    "evaluate_architecture": "hwnas.nas._trial",
+    "traced_dataset": "hwnas.nas._trial",
+    "TrialRecorder": "hwnas.nas._trial",
+    "plain_arch": "hwnas.nas._compat",
     "finish_search": "hwnas.nas._report",
     "SearchReport": "hwnas.nas._report",
 }

@@ -1,0 +1,174 @@
+"""The NNI 3.0 workarounds hwnas needs on today's torch (one place, each a named function applied explicitly).
+
+NNI is archived: nothing upstream will fix these, so hwnas carries them. None is applied at import time; each is
+called (or entered) by the code that needs it, is idempotent, and has a test that fails without it
+(``tests/unit/test_nni_compat.py``). What each one fixes:
+
+- :func:`plain_arch` — NNI samples (``ExecutableModelSpace.sample``) key architectures by ``nni.mutable.utils.label``
+  objects, a ``str`` subclass. ``torch.load(weights_only=True)`` (the torch >= 2.6 default) refuses to unpickle them,
+  so a checkpoint that stores an NNI sample cannot be read back. The fix converts keys (and values) to plain ``str``.
+- :func:`trusted_checkpoints` — NNI's experiment checkpoint (``<exp dir>/checkpoint/state.ckpt.torch``, written by
+  ``NasExperiment.save_checkpoint``) holds the strategy's numpy random state; NNI reads it back with ``torch.load``
+  and the ``weights_only=True`` default, so ``NasExperiment.resume`` fails with ``UnpicklingError``. The fix swaps
+  NNI's default checkpoint serializer, for the duration of a ``with`` block, for one that loads with
+  ``weights_only=False``: the file is the experiment's own, written by NNI in the user's experiment directory
+  (trust it as you trust that directory; never resume an experiment directory from someone else).
+- :func:`loopback_manager` — NNI's experiment manager (Node.js, ``nni_node``) calls ``app.listen(port)`` without a
+  host, so its REST API and web UI listen on every interface (``::``), and the ``nni_manager_ip`` option only changes
+  what is advertised. The fix preloads, through ``NODE_OPTIONS``, a few lines of JavaScript that make a server
+  started without a host (or on a wildcard host) listen on ``127.0.0.1``. Only for the ``local`` training service:
+  remote machines must reach the manager.
+
+Fixes NNI 3.0 needs elsewhere but hwnas's multi-trial path does not use (so none is kept here): the stock
+``Classification`` evaluator reusing one Lightning ``Trainer`` under the sequential engine (hwnas trials are a
+:class:`~nni.nas.evaluator.FunctionalEvaluator` over :func:`hwnas.train.train_model`); the one-shot subnet freeze
+and penalty gradient issues (handled by :mod:`hwnas.oneshot` and :mod:`hwnas.nas._latency_loss`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from hwnas.errors import ArchitectureError
+
+__all__ = ["LOOPBACK", "loopback_manager", "plain_arch", "trusted_checkpoints"]
+
+LOOPBACK = "127.0.0.1"
+
+# Preloaded into the NNI manager's Node.js process: a server that listens without a host, or on a wildcard host,
+# listens on loopback instead (explicit non-wildcard hosts and Unix sockets are left alone).
+_LOOPBACK_JS = r"""'use strict';
+const net = require('net');
+const HOST = '%s';
+const WILDCARD = new Set(['', '0.0.0.0', '::', '::0']);
+const listen = net.Server.prototype.listen;
+if (!listen.__hwnasLoopback) {
+  const patched = function (...args) {
+    const first = args[0];
+    if (first !== null && typeof first === 'object' && !Array.isArray(first)) {
+      const local = first.path === undefined && first.fd === undefined && first.handle === undefined
+        && first._handle === undefined;
+      if (local && (first.host === undefined || WILDCARD.has(first.host))) {
+        args[0] = Object.assign({}, first, { host: HOST });
+      }
+    } else if (typeof first === 'number' || first === undefined || first === null
+               || (typeof first === 'string' && /^\d+$/.test(first))) {
+      if (typeof args[1] === 'string') {
+        if (WILDCARD.has(args[1])) args[1] = HOST;
+      } else {
+        args.splice(1, 0, HOST);
+      }
+    }
+    return listen.apply(this, args);
+  };
+  patched.__hwnasLoopback = true;
+  net.Server.prototype.listen = patched;
+}
+""" % LOOPBACK
+
+_ACTIVE_ENV = "HWNAS_NNI_LOOPBACK"
+
+
+def plain_arch(sample: Any) -> dict[str, str]:
+    """An NNI sample (or an ``ExecutableModelSpace``) as a plain, JSON- and ``weights_only``-safe ``dict[str, str]``.
+
+    Parameters
+    ----------
+    sample : mapping or ExecutableModelSpace
+        ``label -> choice``; NNI's ``label`` keys become ``str``. Anything with a ``.sample`` mapping (a frozen
+        ``ExecutableModelSpace``) is unwrapped first. Idempotent on a plain dict.
+
+    Returns
+    -------
+    dict of str to str
+        A new dict in the sample's order.
+
+    Raises
+    ------
+    ArchitectureError
+        The sample is not a mapping, or a choice is not a string (hwnas spaces only have named choices).
+    """
+    inner = getattr(sample, "sample", None)
+    if not isinstance(sample, Mapping) and isinstance(inner, Mapping):
+        sample = inner
+    if not isinstance(sample, Mapping):
+        raise ArchitectureError(f"an architecture is a mapping label -> choice name, got {type(sample).__name__}")
+    arch: dict[str, str] = {}
+    for key, value in sample.items():
+        if not isinstance(value, str):
+            raise ArchitectureError(f"label {str(key)!r} has a non-string choice {value!r} "
+                                    f"({type(value).__name__}); hwnas architectures map labels to choice names")
+        arch[str.__str__(key)] = str.__str__(value)
+    return arch
+
+
+@contextlib.contextmanager
+def trusted_checkpoints() -> Iterator[None]:
+    """Within the block, NNI loads its own experiment checkpoints with ``torch.load(weights_only=False)``.
+
+    NNI's default checkpoint serializer (``nni.nas.utils.serializer``) is replaced by a ``TorchSerializer`` whose
+    ``load`` passes ``weights_only=False``, and the previous one is restored on exit. Saving is unchanged. Nested
+    or repeated use is harmless. Enter it around ``NasExperiment.resume`` (and ``run``, which saves).
+    """
+    from nni.nas.utils import serializer as ser
+
+    previous = ser._default_serializer   # None until NNI picks its default lazily
+    ser.set_default_serializer(_trusted_serializer())
+    try:
+        yield
+    finally:
+        ser._default_serializer = previous
+
+
+def _trusted_serializer() -> Any:
+    """A ``TorchSerializer`` whose ``load`` passes ``weights_only=False`` (the class needs NNI, hence built here)."""
+    from nni.nas.utils.serializer import TorchSerializer, _find_path_with_prefix
+
+    class TrustedTorchSerializer(TorchSerializer):
+        """NNI's ``TorchSerializer`` loading its own experiment state with ``weights_only=False`` (see module)."""
+
+        def load(self, path: Path) -> Any:
+            import torch
+
+            found = _find_path_with_prefix(path, self.suffix)
+            return torch.load(str(found), map_location=self._map_location, weights_only=False)
+
+    return TrustedTorchSerializer()
+
+
+@contextlib.contextmanager
+def loopback_manager() -> Iterator[str]:
+    """Within the block, an NNI experiment manager started by this process listens on ``127.0.0.1`` only.
+
+    Sets ``NODE_OPTIONS`` (keeping any value already there) to preload a small script (written to a temporary
+    directory, removed on exit) into the Node.js processes started inside the block, and restores the environment
+    on exit. The manager keeps its bind address after the block ends. Nested use is a no-op.
+
+    Yields
+    ------
+    str
+        The loopback address, ``"127.0.0.1"``: use it for ``nni_manager_ip`` and the web UI URL.
+    """
+    if os.environ.get(_ACTIVE_ENV) == "1":
+        yield LOOPBACK
+        return
+    saved = {name: os.environ.get(name) for name in ("NODE_OPTIONS", _ACTIVE_ENV)}
+    with tempfile.TemporaryDirectory(prefix="hwnas-nni-") as tmp:
+        script = Path(tmp) / "loopback.js"
+        script.write_text(_LOOPBACK_JS, encoding="utf-8")
+        quoted = '"' + str(script).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        option = f"--require {quoted}"
+        os.environ["NODE_OPTIONS"] = f"{saved['NODE_OPTIONS']} {option}" if saved["NODE_OPTIONS"] else option
+        os.environ[_ACTIVE_ENV] = "1"
+        try:
+            yield LOOPBACK
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
