@@ -7,6 +7,8 @@ Public API (everything else is private machinery and may change):
 - :class:`LatencyProfiler`, :class:`LatencyFilter` — NNI's profiler and ``Filter`` middleware backed by a table
   (``Chain(Random(), LatencyFilter(table, budget))``); :func:`evaluate_architecture` — the trial of an NNI
   experiment; :class:`TrialRecorder` keeps full result dicts; :mod:`hwnas.nas._compat` holds every NNI 3.0 fix.
+- :class:`LatencyLoss`, :class:`LatencyLossConfig` — the differentiable hardware-latency loss of ProxylessNAS
+  (``mul#log``, ``add#linear``): expected latency from softmax(α) and the table, with an exact gradient to α.
 - :class:`RandomSearchConfig`, :func:`run_random_search` — the resumable random multi-trial search without the
   NNI manager; :func:`finish_search` — the ending shared with the NNI launch (top-k table, PNG, best network).
 
@@ -30,6 +32,9 @@ _LAZY = {
     "traced_dataset": "hwnas.nas._trial",
     "TrialRecorder": "hwnas.nas._trial",
     "plain_arch": "hwnas.nas._compat",
+    "LatencyLoss": "hwnas.nas._latency_loss",
+    "LatencyLossConfig": "hwnas.nas._latency_loss",
+    "LATENCY_LOSS_MODES": "hwnas.nas._latency_loss",
     "finish_search": "hwnas.nas._report",
     "SearchReport": "hwnas.nas._report",
 }
