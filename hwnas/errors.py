@@ -61,3 +61,7 @@ class StoreError(HwnasError):
 
 class DataError(HwnasError):
     """A dataset path is missing or malformed (hwnas never downloads data)."""
+
+
+class ExportError(HwnasError):
+    """An export could not be written, read back, or failed its parity check (the file and the check are named)."""
