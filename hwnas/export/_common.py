@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from hwnas.errors import ExportError, HwnasError  # noqa: F401  (ExportError re-exported)
+from hwnas.errors import ExportError  # noqa: F401  (re-exported by hwnas.export)
 
 __all__ = ["ExportError", "check_input_shape", "first_line", "max_abs_diff", "quiet_deprecations",
            "reserve_output", "writable_dir"]
