@@ -28,11 +28,13 @@ class InputShapeError(CaptureError):
 class UnknownKernelError(HwnasError):
     """A kernel has no regressor in the predictor: never priced as 0 ms."""
 
-    def __init__(self, kernel_type: str, ops: list[str], position: int, predictor: str):
+    def __init__(self, kernel_type: str, ops: list[str], position: int, predictor: str, reason: str | None = None):
         self.kernel_type, self.ops, self.position, self.predictor = kernel_type, ops, position, predictor
+        self.reason = reason
+        why = f": {reason}" if reason else ""
         super().__init__(
             f"predictor {predictor!r} has no regressor for kernel type {kernel_type!r} "
-            f"(kernel {position}, ops {ops}); refusing to price it as 0 ms")
+            f"(kernel {position}, ops {ops}){why}; refusing to price it as 0 ms")
 
 
 class PredictorFileError(HwnasError):

@@ -24,6 +24,7 @@ POOL = ["hin", "cin", "hout", "kernel", "stride", "in_elems", "out_elems"]
 GENERIC = ["hin", "cin", "cout", "hout", "n_inputs", "elementwise", "in_elems", "out_elems"]
 ZERO_COST_OPS = ["dropout", "identity"]
 MIN_TREE_SAMPLES = 12
+MIN_FIT_SAMPLES = 3     # fewer successful measurements: no regressor; the type is declared unsupported
 
 
 def features_for(ktype: str) -> list[str]:
@@ -100,10 +101,16 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     x = np.array([[f[n] for n in names] for f, _ in rows], dtype=np.float64)
     y = np.log(np.array([ms for _, ms in rows], dtype=np.float64))
     n = len(rows)
+    if n < MIN_FIT_SAMPLES:
+        raise ValueError(f"kernel type {ktype!r}: {n} measurement(s), at least {MIN_FIT_SAMPLES} are needed to fit")
     if n < MIN_TREE_SAMPLES:
         lin_names = ["macs", "elementwise", "in_elems", "out_elems"]
         xl = np.array([[f[k] for k in lin_names] for f, _ in rows])
-        est = LinearRegression().fit(xl, np.exp(y))
+        # Few samples: a linear model in ms with non-negative coefficients and intercept, so that no input (all
+        # features are non-negative sizes) can be priced below 0 ms, however far it lies from the samples.
+        est = LinearRegression(positive=True).fit(xl, np.exp(y))
+        if est.intercept_ < 0:
+            est = LinearRegression(positive=True, fit_intercept=False).fit(xl, np.exp(y))
         return (LinearModel.from_sklearn(est), lin_names, "ms"), {"n": n, "model": "linear", "holdout": None}
     idx = list(range(n))
     random.Random(seed).shuffle(idx)
@@ -134,8 +141,13 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     by_type, overhead = _records(cfg)
     if not by_type:
         raise RuntimeError(f"no kernel measurements under {Path(cfg.out) / 'raw'}; run the measuring stage first")
-    regressors, kernels, accuracy = {}, {}, {}
+    regressors, kernels, accuracy, unsupported = {}, {}, {}, {}
     for ktype in tqdm(sorted(by_type), desc="fitting kernel regressors", disable=not progress):
+        if len(by_type[ktype]) < MIN_FIT_SAMPLES:
+            # Pricing such a kernel raises UnknownKernelError naming the type (never an extrapolated guess).
+            unsupported[ktype] = (f"only {len(by_type[ktype])} successful measurement(s) on {cfg.backend} "
+                                  f"(at least {MIN_FIT_SAMPLES} are needed); see the failed records in raw/")
+            continue
         (reg, names, target), rep = fit_type(ktype, by_type[ktype], cfg.seed)
         regressors[ktype] = reg
         kernels[ktype] = {"features": names, "target": target}
@@ -152,4 +164,6 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
         "accuracy": {"kernels_holdout": accuracy, "n_kernels": sum(len(v) for v in by_type.values())},
         "created": utc_now(), "hwnas_version": hwnas.__version__,
     }
+    if unsupported:
+        meta["unsupported_kernel_types"] = unsupported
     return write_predictor(Path(cfg.out) / "predictor", meta, regressors)

@@ -198,7 +198,8 @@ class LatencyPredictor:
             elif all(op in self.zero_cost_ops for op in k.ops):
                 continue   # declared free on this backend
             else:
-                raise UnknownKernelError(k.type, k.ops, i, self.name)
+                reason = (self.metadata.get("unsupported_kernel_types") or {}).get(k.type)
+                raise UnknownKernelError(k.type, k.ops, i, self.name, reason)
         for ktype, idx in by_type.items():
             spec = self._specs[ktype]
             names = spec["features"]
