@@ -1,0 +1,124 @@
+"""ProxylessNAS end to end on CPU, small: resume equivalence, weights_only checkpoints, lambda through Lightning,
+and the training script on digits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import TensorDataset
+
+import hwnas
+import search_spaces as ss
+from hwnas.data import digits
+from hwnas.nas._latency_loss import LatencyLossConfig
+from hwnas.oneshot._proxyless import ProxylessBatches, ProxylessModule, ProxylessSearchConfig
+from hwnas.oneshot._trainer import TrainerConfig, fit, make_loader
+
+pytestmark = pytest.mark.slow
+SIDE = 16
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    space = ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25)
+    return hwnas.LatencyTable.build(space, hwnas.load_latency_predictor("torchscript-cpu-xeon"),
+                                    cache_dir=tmp_path_factory.mktemp("tables"))
+
+
+@pytest.fixture(scope="module")
+def data():
+    train = digits("train", image_size=SIDE)
+    x, y = train.tensors
+    return (TensorDataset(x[:256], y[:256]), TensorDataset(x[256:384], y[256:384]),
+            digits("val", image_size=SIDE))
+
+
+class Interrupt(pl.Callback):
+    """Raises at the start of the given global step (a killed run)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("interrupted for the test")
+
+
+class Count(pl.Callback):
+    """Counts the training batches a run really trains on."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches += 1
+
+
+def run(table, data, folder=None, resume=False, callbacks=(), lam=1.0, epochs=3, mode="two", max_steps=None):
+    weight, arch, val = data
+    pl.seed_everything(0, verbose=False)
+    space = ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25)
+    cfg = ProxylessSearchConfig(loss=LatencyLossConfig(target_ms=table.min_latency(), mode="add#linear", lam=lam),
+                                arch_every=2, arch_lr=0.05, warmup_epochs=1, binary_mode=mode, label_smoothing=0.0)
+    module = ProxylessModule(space, table, cfg)
+    batches = ProxylessBatches(make_loader(weight, 32, train=True, seed=0), make_loader(arch, 32, train=True, seed=1),
+                               arch_every=2, warmup_epochs=1)
+    trainer_cfg = TrainerConfig(max_epochs=epochs, max_steps=max_steps, accelerator="cpu", progress=False,
+                                checkpoint_dir=None if folder is None else str(folder), resume=resume)
+    trainer = fit(module, batches, make_loader(val, 128, train=False), trainer_cfg, callbacks=callbacks)
+    return module, trainer
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(table, data, tmp_path):
+    full, full_trainer = run(table, data, tmp_path / "full")
+    # 8 batches per epoch, warm-up epoch 0: killed in the middle of epoch 1, after 4 architecture steps.
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(table, data, tmp_path / "killed", callbacks=[Interrupt(13)])
+    ckpt = torch.load(tmp_path / "killed" / "on_exception.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 13 and "generator" in ckpt["proxyless"]
+    count = Count()
+    resumed, resumed_trainer = run(table, data, tmp_path / "killed", resume=True, callbacks=[count])
+    assert count.batches == 24 - 13   # it continued, it did not start over
+    assert resumed_trainer.global_step == full_trainer.global_step == 24
+    assert torch.equal(resumed.supernet.alpha, full.supernet.alpha)
+    assert resumed.derived_arch() == full.derived_arch()
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("val_acc", "val_loss", "argmax_ms"):
+        assert float(resumed_trainer.callback_metrics[key]) == float(full_trainer.callback_metrics[key])
+    assert not torch.equal(full.supernet.alpha, run(table, data, epochs=1)[0].supernet.alpha)  # alpha did move
+    last = torch.load(tmp_path / "full" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["hyper_parameters"]["search"]["loss"]["mode"] == "add#linear"
+
+
+def test_large_lambda_lowers_expected_latency_through_lightning(table, data):
+    expected = {lam: run(table, data, lam=lam, epochs=2, mode="full")[0].expected_latency() for lam in (0.0, 20.0)}
+    assert expected[20.0] < expected[0.0]
+
+
+def test_training_script_end_to_end_on_digits(tmp_path, capsys):
+    from experiments import proxyless_train
+
+    out = tmp_path / "run"
+    code = proxyless_train.main(["--out", str(out), "--width-mult", "0.25", "--image-size", str(SIDE),
+                                 "--epochs", "2", "--warmup-epochs", "1", "--max-steps", "12", "--batch-size", "32",
+                                 "--arch-every", "2", "--loss", "add#linear", "--no-progress", "--bn-batches", "2",
+                                 "--json"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed.strip().splitlines()[-1])
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch == result["arch"]
+    ss.validate_arch(ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25), arch)
+    assert result["table_ms"] == pytest.approx(result["predicted_ms"], rel=1e-6)
+    assert 0.0 <= result["val_acc"] <= 1.0 and result["steps"] == 12
+    assert "validation accuracy" in printed and "expected latency" in printed
+    state = torch.load(out / "subnet.pt", map_location="cpu", weights_only=True)
+    subnet = ss.build_subnet("proxyless", arch, config={"input_size": SIDE, "num_classes": 10, "width_mult": 0.25})
+    subnet.load_state_dict(state)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    if "export" in result:
+        assert (out / "model.pt").is_file()
