@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from hwnas.builder._backends import _quiet_deprecations as quiet_deprecations  # noqa: F401  (shared)
 from hwnas.errors import ExportError  # noqa: F401  (re-exported by hwnas.export)
 
 __all__ = ["ExportError", "check_input_shape", "first_line", "max_abs_diff", "quiet_deprecations",
@@ -19,16 +18,6 @@ def first_line(e: BaseException) -> str:
     """``"TypeName: first line of the message"`` (TorchScript errors run to dozens of lines)."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"
-
-
-@contextlib.contextmanager
-def quiet_deprecations() -> Iterator[None]:
-    """Hide torch's deprecation notices for ``torch.jit`` and the legacy ONNX exporter; keep every other warning."""
-    with warnings.catch_warnings():
-        for pattern in (r".*is deprecated.*", r".*legacy TorchScript-based ONNX export.*",
-                        r".*feature will be removed.*"):
-            warnings.filterwarnings("ignore", message=pattern)
-        yield
 
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
