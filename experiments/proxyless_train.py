@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from experiments._cli import add_data_args, parse_with_config
+
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
 output (OUT): arch.json (the derived architecture), subnet.pt (its state dict: inherited weights, recalibrated
@@ -65,15 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch-fraction", metavar="F", type=float, default=0.2,
                    help="share of the training split held out for architecture steps (%(default)s)")
 
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", choices=("digits", "cifar10", "imagefolder"),
-                   help="digits (ships with scikit-learn), cifar10 or imagefolder (%(default)s)")
-    g.add_argument("--data-root", metavar="DIR", default=None,
-                   help="directory of CIFAR-10 (cifar-10-batches-py) or an image folder (train/<class>/..., "
-                        "val/<class>/...); never downloaded")
-    g.add_argument("--image-size", metavar="PX", type=int, default=32,
-                   help="input side, also the space's (%(default)s)")
-    g.add_argument("--workers", metavar="N", type=int, default=0, help="DataLoader worker processes (%(default)s)")
+    add_data_args(p)
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", metavar="N", type=int, default=10, help="epochs, warm-up included (%(default)s)")
@@ -103,33 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Option defaults from a YAML file; unknown keys are an error naming them."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        parser.error(f"--config {path}: no such file")
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        parser.error(f"--config {path}: not valid YAML ({err})")
-    if not isinstance(doc, dict):
-        parser.error(f"--config {path}: expected a mapping of option names to values")
-    known = {a.dest for a in parser._actions}
-    values = {str(k).replace("-", "_"): v for k, v in doc.items()}
-    unknown = sorted(set(values) - known - {"config"})
-    if unknown:
-        parser.error(f"--config {path}: unknown option(s) {unknown}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**yaml_defaults(pre.config, parser))
-    args = parser.parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     args.devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return args
 

@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from experiments._cli import add_data_args, parse_with_config
+
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
 budget: by default the budget is the median predicted latency of the space (--budget-quantile 0.5), so about half
@@ -65,15 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-weights", choices=("topk", "all"), default="topk",
                    help="keep the weights of the current top-k trials only, or of all (%(default)s)")
 
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", choices=("digits", "cifar10", "imagefolder"),
-                   help="digits (ships with scikit-learn), cifar10 or imagefolder (%(default)s)")
-    g.add_argument("--data-root", metavar="DIR", default=None,
-                   help="directory of CIFAR-10 (cifar-10-batches-py) or an image folder "
-                        "(train/<class>/..., val/<class>/...); never downloaded")
-    g.add_argument("--image-size", metavar="PX", type=int, default=32,
-                   help="input side in pixels, also the space's (%(default)s)")
-    g.add_argument("--workers", metavar="N", type=int, default=0, help="DataLoader worker processes (%(default)s)")
+    add_data_args(p)
 
     g = p.add_argument_group("training (per trial)")
     g.add_argument("--epochs", metavar="N", type=int, default=2, help="passes over the training data (%(default)s)")
@@ -94,41 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def yaml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The option defaults of a YAML file, keyed by ``dest``; unknown keys are an error naming them."""
-    import yaml
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        parser.error(f"--config: {file} does not exist")
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        parser.error(f"--config: {file} is not valid YAML: {err}")
-    if not isinstance(doc, dict):
-        parser.error(f"--config: {file} must hold a mapping of option names to values")
-    dests = {a.dest for a in parser._actions} - {"help", "config"}
-    flags = {s.lstrip("-").replace("-", "_"): a.dest for a in parser._actions for s in a.option_strings}
-    out, unknown = {}, []
-    for key, value in doc.items():
-        name = str(key).replace("-", "_")
-        dest = flags.get(name, name)
-        if dest not in dests:
-            unknown.append(str(key))
-        else:
-            out[dest] = value
-    if unknown:
-        parser.error(f"--config: unknown key(s) {unknown} in {file}; valid keys: "
-                     f"{sorted(k for k in flags if flags[k] in dests)}")
-    return out
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**yaml_defaults(pre.config, parser))
-    return parser.parse_args(argv)
+    return parse_with_config(build_parser(), argv)
 
 
 def to_config(args: argparse.Namespace) -> Any:

@@ -35,6 +35,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from experiments._cli import parse_with_config
+
 DEFAULT_PREDICTOR = "torchscript-cpu-xeon"
 
 
@@ -94,22 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Options from ``argv``, with defaults from ``--config`` (YAML) when given."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.config:
-        import yaml
-
-        with open(args.config, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
-        if not isinstance(values, dict):
-            parser.error(f"{args.config}: expected a mapping of option names to values")
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"{args.config}: unknown option(s) {unknown}")
-        parser.set_defaults(**values)
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_config(build_parser(), argv)
 
 
 def _devices(value: Any) -> int | str:

@@ -273,7 +273,7 @@ def test_cli_refuses_unknown_yaml_keys_and_bad_values(tmp_path, capsys):
     yml.write_text("trials: 3\nepocs: 2\n")
     with pytest.raises(SystemExit) as exit_:
         cli.parse_args(["--config", str(yml)])
-    assert exit_.value.code == 2 and "unknown key(s) ['epocs']" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "unknown option(s) ['epocs']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.parse_args(["--config", str(tmp_path / "missing.yaml")])
     assert "does not exist" in capsys.readouterr().err
