@@ -13,8 +13,7 @@ Heavy modules (torch, NNI) are imported lazily, on first use of the name that ne
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -30,7 +29,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hwnas' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -17,8 +17,7 @@ Names are imported lazily on first use (no torch or onnxruntime import at ``impo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas._lazy import lazy_exports
 
 _LAZY = {
     # backends
@@ -65,11 +64,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hwnas.builder' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -25,8 +25,7 @@ Names are imported lazily on first use (no torch, NNI or onnx import at ``import
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas._lazy import lazy_exports
 
 _LAZY = {
     "export_subnet": "hwnas.export._subnet",
@@ -48,11 +47,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hwnas.export' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

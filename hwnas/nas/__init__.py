@@ -17,8 +17,7 @@ Names are imported lazily on first use, so ``import hwnas.nas`` imports neither 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas._lazy import lazy_exports
 
 _LAZY = {
     "LatencyBudget": "hwnas.nas._budget",
@@ -42,13 +41,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hwnas.nas' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

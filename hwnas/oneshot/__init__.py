@@ -20,8 +20,7 @@ module of this package that is absent in this version raises ``AttributeError`` 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hwnas._lazy import lazy_exports
 
 _LAZY = {
     "ProxylessModule": "hwnas.oneshot._proxyless",
@@ -50,20 +49,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        try:
-            module = importlib.import_module(_LAZY[name])
-        except ModuleNotFoundError as err:
-            if err.name != _LAZY[name]:
-                raise
-            raise AttributeError(f"hwnas.oneshot.{name} needs {_LAZY[name]}, which this version does not "
-                                 "have") from None
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hwnas.oneshot' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
