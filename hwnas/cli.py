@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HwnasError as e:
         print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # output piped into e.g. `head`, which closed early: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
