@@ -334,7 +334,7 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
     import search_spaces as ss
     from hwnas.errors import HwnasError
     from hwnas.nas._budget import LatencyBudget
-    from hwnas.nas._compat import loopback_manager, trusted_checkpoints
+    from hwnas.nas._compat import allowlisted_checkpoints, loopback_manager
     from hwnas.nas._profiler import LatencyFilter
     from hwnas.nas._report import finish_search
     from hwnas.nas._trial import TrialRecorder, evaluate_architecture, read_records, traced_dataset
@@ -400,7 +400,7 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
         say(f"NNI experiment {exp.id}: web UI at {web_ui} while the experiment runs")
 
     interrupted = stopped = False
-    with warnings.catch_warnings(), trusted_checkpoints(), \
+    with warnings.catch_warnings(), allowlisted_checkpoints(), \
             (loopback_manager() if cfg.engine.name == "training_service" and cfg.platform == "local"
              else contextlib.nullcontext()):
         warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")

@@ -7,12 +7,12 @@ called (or entered) by the code that needs it, is idempotent, and has a test tha
 - :func:`plain_arch` — NNI samples (``ExecutableModelSpace.sample``) key architectures by ``nni.mutable.utils.label``
   objects, a ``str`` subclass. ``torch.load(weights_only=True)`` (the torch >= 2.6 default) refuses to unpickle them,
   so a checkpoint that stores an NNI sample cannot be read back. The fix converts keys (and values) to plain ``str``.
-- :func:`trusted_checkpoints` — NNI's experiment checkpoint (``<exp dir>/checkpoint/state.ckpt.torch``, written by
-  ``NasExperiment.save_checkpoint``) holds the strategy's numpy random state; NNI reads it back with ``torch.load``
-  and the ``weights_only=True`` default, so ``NasExperiment.resume`` fails with ``UnpicklingError``. The fix swaps
-  NNI's default checkpoint serializer, for the duration of a ``with`` block, for one that loads with
-  ``weights_only=False``: the file is the experiment's own, written by NNI in the user's experiment directory
-  (trust it as you trust that directory; never resume an experiment directory from someone else).
+- :func:`allowlisted_checkpoints` — NNI's experiment checkpoint (``<exp dir>/checkpoint/state.ckpt.torch``, written by
+  ``NasExperiment.save_checkpoint``) holds the strategy's numpy random state, NNI label objects and evolution
+  ``Individual`` records; NNI reads it back with ``torch.load`` and the ``weights_only=True`` default, which refuses
+  those types, so ``NasExperiment.resume`` fails with ``UnpicklingError``. The fix swaps NNI's default checkpoint
+  serializer, for the duration of a ``with`` block, for one that still loads with ``weights_only=True`` but allows
+  exactly those plain-data types (:data:`CHECKPOINT_SAFE_GLOBALS`): no code runs while a checkpoint loads.
 - :func:`loopback_manager` — NNI's experiment manager (Node.js, ``nni_node``) calls ``app.listen(port)`` without a
   host, so its REST API and web UI listen on every interface (``::``), and the ``nni_manager_ip`` option only changes
   what is advertised. The fix preloads, through ``NODE_OPTIONS``, a few lines of JavaScript that make a server
@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 from hwnas.errors import ArchitectureError
 
-__all__ = ["LOOPBACK", "loopback_manager", "plain_arch", "trusted_checkpoints"]
+__all__ = ["LOOPBACK", "allowlisted_checkpoints", "checkpoint_safe_globals", "loopback_manager", "plain_arch"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -106,38 +106,54 @@ def plain_arch(sample: Any) -> dict[str, str]:
     return arch
 
 
+def checkpoint_safe_globals() -> list[Any]:
+    """The types NNI's experiment checkpoints contain besides tensors and builtins, allowed for ``weights_only``
+    loading: NNI's ``label`` (a ``str`` subclass), evolution ``Individual`` records (a dataclass of a sample and a
+    metric), ``frozenset`` (dedup history) and what numpy's ``RandomState.get_state()`` pickles to (an ``ndarray`` of
+    ``uint32``). Each is plain data: unpickling it constructs values and calls no user code."""
+    import numpy as np
+    from nni.mutable.utils import label
+    from nni.nas.strategy.evolution import Individual
+
+    return [label, Individual, frozenset, np.ndarray, np.dtype, np.dtypes.UInt32DType,
+            np._core.multiarray._reconstruct]
+
+
 @contextlib.contextmanager
-def trusted_checkpoints() -> Iterator[None]:
-    """Within the block, NNI loads its own experiment checkpoints with ``torch.load(weights_only=False)``.
+def allowlisted_checkpoints() -> Iterator[None]:
+    """Within the block, NNI's experiment checkpoints load with ``weights_only=True`` plus the types of
+    :func:`checkpoint_safe_globals` (which NNI's own load refuses).
 
     NNI's default checkpoint serializer (``nni.nas.utils.serializer``) is replaced by a ``TorchSerializer`` whose
-    ``load`` passes ``weights_only=False``, and the previous one is restored on exit. Saving is unchanged. Nested
-    or repeated use is harmless. Enter it around ``NasExperiment.resume`` (and ``run``, which saves).
+    ``load`` allows those types, and the previous one is restored on exit. Saving is unchanged. Nested or repeated
+    use is harmless. Enter it around ``NasExperiment.resume`` (and ``run``, which saves).
     """
     from nni.nas.utils import serializer as ser
 
     previous = ser._default_serializer   # None until NNI picks its default lazily
-    ser.set_default_serializer(_trusted_serializer())
+    ser.set_default_serializer(_allowlist_serializer())
     try:
         yield
     finally:
         ser._default_serializer = previous
 
 
-def _trusted_serializer() -> Any:
-    """A ``TorchSerializer`` whose ``load`` passes ``weights_only=False`` (the class needs NNI, hence built here)."""
+def _allowlist_serializer() -> Any:
+    """A ``TorchSerializer`` loading with ``weights_only=True`` and NNI's checkpoint types allowed (the class needs
+    NNI, hence built here)."""
     from nni.nas.utils.serializer import TorchSerializer, _find_path_with_prefix
 
-    class TrustedTorchSerializer(TorchSerializer):
-        """NNI's ``TorchSerializer`` loading its own experiment state with ``weights_only=False`` (see module)."""
+    class AllowlistTorchSerializer(TorchSerializer):
+        """NNI's ``TorchSerializer`` whose ``load`` allows the plain-data types of NNI's experiment state."""
 
         def load(self, path: Path) -> Any:
             import torch
 
             found = _find_path_with_prefix(path, self.suffix)
-            return torch.load(str(found), map_location=self._map_location, weights_only=False)
+            with torch.serialization.safe_globals(checkpoint_safe_globals()):
+                return torch.load(str(found), map_location=self._map_location, weights_only=True)
 
-    return TrustedTorchSerializer()
+    return AllowlistTorchSerializer()
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ def test_sequential_engine_runs_three_trials_reports_full_dicts_and_resumes(tmp_
     state = torch.load(out / "best" / "state_dict.pt", weights_only=True)
     assert state and result.report.reload_accuracy == top[0]["default"]
 
-    # Resume the stopped experiment (NNI's checkpoint load needs trusted_checkpoints) for one more trial.
+    # Resume the stopped experiment (NNI's checkpoint load needs allowlisted_checkpoints) for one more trial.
     more = _cfg(out, trials={"max_trial_number": 4}, resume=result.experiment_id)
     resumed = nni_search.run(more, print_fn=None)
     assert resumed.experiment_id == result.experiment_id

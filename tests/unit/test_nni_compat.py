@@ -16,7 +16,7 @@ from nni.nas.utils import serializer as nni_serializer
 
 import search_spaces as ss
 from hwnas.errors import ArchitectureError
-from hwnas.nas._compat import LOOPBACK, loopback_manager, plain_arch, trusted_checkpoints
+from hwnas.nas._compat import LOOPBACK, allowlisted_checkpoints, loopback_manager, plain_arch
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_plain_arch_rejects_what_is_not_label_to_choice_name(bad):
         plain_arch(bad)
 
 
-# ----- trusted_checkpoints -----------------------------------------------------------------------------------------
+# ----- allowlisted_checkpoints -----------------------------------------------------------------------------------------
 def _strategy_state() -> dict:
     strategy = Random(seed=3)
     strategy._random_state.uniform(size=5)   # some progress, so the restored state is not the seed's
@@ -69,8 +69,8 @@ def test_resume_checkpoint_fails_on_torch_default_and_loads_with_the_fix(tmp_pat
         nni_serializer.get_default_serializer().load(path)
 
     before = nni_serializer._default_serializer
-    with trusted_checkpoints():
-        with trusted_checkpoints():   # nested use is harmless
+    with allowlisted_checkpoints():
+        with allowlisted_checkpoints():   # nested use is harmless
             loaded = nni_serializer.get_default_serializer().load(path)
         again = nni_serializer.get_default_serializer().load(path)
     assert nni_serializer._default_serializer is before      # restored on exit
@@ -119,3 +119,27 @@ def test_loopback_manager_binds_servers_without_a_host_to_loopback_and_restores_
         assert _bound_address() == "127.0.0.1"
     assert os.environ.get("NODE_OPTIONS") == saved
     assert _bound_address() in ("::", "0.0.0.0")
+
+
+class _NotAllowed:
+    """A class a checkpoint must never be allowed to construct."""
+
+
+def test_allowlisted_checkpoints_load_evolution_state_and_still_refuse_other_classes(tmp_path):
+    from nni.mutable.utils import label
+    from nni.nas.strategy.evolution import Individual
+
+    state = {"version": 1, "strategy": {"population": [Individual({label("s1_b0"): "k3e3"}, 0.5)],
+                                        "random_state": np.random.RandomState(0).get_state(),
+                                        "history": frozenset({"a"})}}
+    path = tmp_path / "evo.ckpt"
+    nni_serializer.get_default_serializer().save(state, path)
+    with allowlisted_checkpoints():
+        loaded = nni_serializer.get_default_serializer().load(path)
+    assert loaded["strategy"]["population"][0].y == 0.5
+    assert loaded["strategy"]["history"] == frozenset({"a"})
+
+    bad = tmp_path / "bad.ckpt"
+    nni_serializer.get_default_serializer().save({"x": _NotAllowed()}, bad)
+    with allowlisted_checkpoints(), pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        nni_serializer.get_default_serializer().load(bad)
