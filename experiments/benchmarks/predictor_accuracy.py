@@ -1,132 +1,253 @@
-"""Model-level accuracy of a predictor against end-to-end measurements, side by side with a FLOPs baseline.
+"""Model-level accuracy of a built predictor on the zoo, side by side with baselines and the noise ceiling.
 
-Measures a set of networks end to end on the predictor's backend with its protocol (kept in a resumable JSONL
-store), predicts each, and prints per family: share within ±5% and ±10%, RMSE (ms) and RMSPE of (a) the hwnas
-predictor and (b) a FLOPs linear regression fitted leave-one-family-out (so the baseline never sees the family it
-is scored on). Also writes a predicted-vs-measured scatter plot.
+Reads what a build measured (no timing happens here): ``<build>/raw/kernels*.jsonl[.gz]`` (kernels), the zoo
+networks measured end to end by ``experiments.benchmarks.measure_models`` (``<build>/raw/zoo.jsonl``, pass 0 is
+the reference, pass 1 an independent process for the noise ceiling), and optionally an op-level build
+(``hwnas build --op-level``). Prints one table per family, all columns from the same measurements:
 
-    python -m experiments.benchmarks.predictor_accuracy --predictor DIR_OR_NAME --store runs/models.jsonl \\
-        [--set quick|full] [--plot runs/accuracy.png]
+- **noise**: how often pass 1 agrees with pass 0 (the best any predictor can be scored at);
+- **hwnas raw**: the kernel sum without calibration;
+- **hwnas cal (CV)**: with the kernel-type calibration, each network predicted by a calibration fitted on the
+  other four fifths of the networks (5-fold cross-validation, so no network scores itself);
+- **hwnas LOFO**: leave one family out: kernel regressors refitted without the kernels only that family brought
+  into the prior (neighbours of its kernels included) and the calibration fitted without its networks;
+- **FLOPs**: latency = a * MACs + b fitted on the other families;
+- **op-lookup**: the sum of per-operator latencies, every operator timed alone, no fusion.
+
+    python -m experiments.benchmarks.predictor_accuracy --build experiments/builds/onnxruntime-cpu \\
+        --ops-build experiments/builds/onnxruntime-cpu-ops --plot accuracy.png --json accuracy.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torchvision
 
+from hwnas.builder._calibrate import apply_calibration, network_terms, select_calibration, zoo_measurements
 from hwnas.builder._fit import error_metrics
 
-QUICK = {
-    "mobilenet_v2": [("mobilenet_v2", {"width_mult": w}) for w in (0.5, 1.0)],
-    "mobilenet_v3": [("mobilenet_v3_large", {}), ("mobilenet_v3_small", {})],
-    "resnet": [("resnet18", {}), ("resnet34", {})],
-    "shufflenet_v2": [("shufflenet_v2_x0_5", {}), ("shufflenet_v2_x1_0", {})],
-    "mnasnet": [("mnasnet0_5", {}), ("mnasnet1_0", {})],
-    "efficientnet": [("efficientnet_b0", {})],
-    "regnet": [("regnet_x_400mf", {}), ("regnet_y_400mf", {})],
-    "squeezenet": [("squeezenet1_0", {}), ("squeezenet1_1", {})],
-}
+COLUMNS = ("hwnas_raw", "hwnas_cal_cv", "hwnas_lofo", "flops_lofo", "op_lookup")
 
 
-def _models(which: str, seed: int):
-    import search_spaces as ss
+def _predictor(path: Path, calibrated: bool) -> Any:
+    from hwnas.predictor import LatencyPredictor
+    from hwnas.predictor._format import read_predictor
 
-    out = []
-    for family, entries in QUICK.items():
-        for name, kw in entries:
-            for res in ((160, 224) if which == "full" else (224,)):
-                out.append((family, f"{name}{kw or ''}@{res}", lambda n=name, k=kw: torchvision.models.get_model(
-                    n, weights=None, **k), (1, 3, res, res)))
-    for space_name in ss.list_spaces():
-        space = ss.create_space(space_name)
-        for i in range(6 if which == "full" else 3):
-            arch = ss.random_arch(space, seed=seed + i)
-            out.append((space_name, f"{space_name}#{seed + i}", lambda s=space, a=arch: ss.build_subnet(s, a),
-                        (1, 3, 224, 224)))
+    meta, regs = read_predictor(path)
+    if not calibrated:
+        meta.pop("calibration", None)
+    return LatencyPredictor(meta, regs, path=path)
+
+
+def _sums_all(pred: Any, kernel_lists: list[list[Any]]) -> list[dict[str, dict]]:
+    """Per network, per kernel type: uncalibrated ms and the calibration's terms (one vectorised call)."""
+    flat = [k for ks in kernel_lists for k in ks]
+    ms = pred.kernel_latencies(flat)
+    out, i = [], 0
+    for ks in kernel_lists:
+        out.append(network_terms(ms[i:i + len(ks)], ks))
+        i += len(ks)
     return out
 
 
-def _errors(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    m = error_metrics(pred, true)
-    return {"n": m["n"], "±5%": m["within_5pct"], "±10%": m["within_10pct"], "rmse_ms": m["rmse_ms"],
-            "rmspe": m["rmspe"]}
+def _parents(build: Path, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Source families of every neighbour (jitter) kernel. Builds before parent_families was recorded are
+    re-sampled with the same deterministic sampler to recover them."""
+    missing = [r for r in rows if r["families"] == ["jitter"] and not r["parent_families"]]
+    out = {r["key"]: r["parent_families"] for r in rows if r["parent_families"]}
+    if not missing:
+        return out
+    from hwnas.builder._build import BuildConfig, _rules, sample_kernels
+    from hwnas.builder._sampler import spec_key
+
+    cfg = BuildConfig(backend="?", out=build)
+    for spec in sample_kernels(cfg, _rules(cfg, progress=False), progress=True):
+        if spec.get("parent_families"):
+            out.setdefault(spec_key(spec), spec["parent_families"])
+    lost = sum(r["key"] not in out for r in missing)
+    if lost:
+        print(f"warning: {lost} of {len(missing)} neighbour kernels have no known source family")
+    return out
 
 
-def main() -> None:
+def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, list[str]], family: str,
+                    backend: str) -> tuple[Any, list[str]]:
+    """The base predictor refitted without the kernels only ``family`` brought in."""
+    from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
+    from hwnas.predictor import LatencyPredictor
+
+    def own(r: dict[str, Any]) -> bool:
+        fams = set(r["families"]) - {"jitter"} or set(parents.get(r["key"], []))
+        return fams == {family}
+
+    by_type: dict[str, list] = {}
+    dropped: dict[str, list] = {}
+    for r in rows:
+        (dropped if own(r) else by_type).setdefault(r["type"], []).append((r["features"], r["ms"]))
+    kept_from_family = []
+    for t, v in dropped.items():   # a type only this family has: keep its rows (a type must stay priceable)
+        if len(by_type.get(t, [])) < MIN_FIT_SAMPLES:
+            by_type.setdefault(t, []).extend(v)
+            kept_from_family.append(t)
+    regs, kernels, _, _ = fit_regressors(by_type, backend)
+    meta = {k: v for k, v in base.metadata.items() if k not in ("kernels", "calibration", "accuracy")}
+    meta["kernels"] = kernels
+    return LatencyPredictor(meta, regs), kept_from_family
+
+
+def _table(rows: list[dict[str, Any]], families: list[str], noise: dict[str, dict]) -> str:
+    def cell(m: dict | None, full: bool = True) -> str:
+        if not m or not m["n"]:
+            return f"{'-':>5s} {'-':>5s} {'-':>6s}" if full else f"{'-':>5s} {'-':>6s}"
+        s = f"{m['within_5pct']:5.0%} " if full else ""
+        return s + f"{m['within_10pct']:5.0%} {m['rmspe']:6.1%}"
+
+    head = (f"{'family':14s} {'n':>4s} | {'noise ±10%':>10s} | {'hwnas raw ±5/±10/RMSPE':>18s} | "
+            f"{'hwnas cal CV':>18s} | {'hwnas LOFO':>18s} | {'FLOPs ±10/RMSPE':>12s} | {'op-lookup':>12s}")
+    lines = [head, "-" * len(head)]
+    for f in families + ["ALL"]:
+        sel = [r for r in rows if f == "ALL" or r["family"] == f]
+        true = np.array([r["measured_ms"] for r in sel])
+        m = {}
+        for c in COLUMNS:
+            ok = [i for i, r in enumerate(sel) if r.get(c) is not None]
+            m[c] = error_metrics([sel[i][c] for i in ok], true[ok]) if ok else None
+        nz = noise.get(f)
+        nz_s = f"{nz['within_10pct']:4.0%} (n={nz['n']})" if nz else "-"
+        lines.append(f"{f:14s} {len(sel):4d} | {nz_s:>10s} | {cell(m['hwnas_raw'])} | {cell(m['hwnas_cal_cv'])} | "
+                     f"{cell(m['hwnas_lofo'])} | {cell(m['flops_lofo'], False)} | {cell(m['op_lookup'], False)}")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], families: list[str], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), sharex=True, sharey=True)
+    cmap = plt.get_cmap("tab20")
+    panels = (("hwnas_cal_cv", "hwnas, calibrated (5-fold CV)"), ("hwnas_lofo", "hwnas, leave one family out"),
+              ("flops_lofo", "FLOPs regression (other families)"))
+    true_all = np.array([r["measured_ms"] for r in rows])
+    lim = [true_all.min() * 0.7, true_all.max() * 1.4]
+    for ax, (col, label) in zip(axes, panels):
+        for j, f in enumerate(families):
+            sel = [r for r in rows if r["family"] == f and r.get(col) is not None]
+            ax.scatter([r["measured_ms"] for r in sel], [r[col] for r in sel], s=9, color=cmap(j % 20), label=f)
+        ax.plot(lim, lim, "k-", lw=0.8)
+        for k in (0.9, 1.1):
+            ax.plot(lim, [v * k for v in lim], "k:", lw=0.6)
+        ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="measured (ms)", title=label)
+    axes[0].set_ylabel("predicted (ms)")
+    axes[0].legend(fontsize=7, markerscale=1.5)
+    fig.suptitle(title + " (dotted: ±10%)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--predictor", required=True)
-    ap.add_argument("--store", required=True, help="JSONL file of end-to-end measurements (resumed)")
-    ap.add_argument("--set", choices=("quick", "full"), default="quick")
-    ap.add_argument("--seed", type=int, default=100)
+    ap.add_argument("--build", required=True, help="build directory (raw/ and predictor/)")
+    ap.add_argument("--predictor", default=None, help="predictor directory (default BUILD/predictor)")
+    ap.add_argument("--store", default=None, help="zoo measurements (default BUILD/raw/zoo.jsonl)")
+    ap.add_argument("--ops-build", default=None, help="op-level build for the op-lookup baseline")
+    ap.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out refits")
     ap.add_argument("--plot", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
     from tqdm.auto import tqdm
 
-    from hwnas.builder._backends import get_backend
-    from hwnas.builder._protocol import MeasureProtocol
-    from hwnas.builder._store import open_store
-    from hwnas.predictor import load_latency_predictor
+    from hwnas.builder._fit import kernel_rows
+    from hwnas.builder._zoo import zoo
+    from hwnas.graph import capture
+    from hwnas.kernels import detect_kernels
 
-    pred = load_latency_predictor(args.predictor)
-    protocol = MeasureProtocol.from_dict(pred.metadata["protocol"]) if "protocol" in pred.metadata else None
-    backend = get_backend(pred.backend)
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
-    store = open_store(args.store)
-    rows = []
-    with store:
-        for family, name, build, shape in tqdm(_models(args.set, args.seed), desc="models"):
-            model = build().eval()
-            key = f"model:{name}:{list(shape)}"
-            if key not in store:
-                store.append(key, backend.measure(model, shape, protocol), raw=False, family=family)
-            measured = float(store.get(key)["ms"])
-            macs = sum(k.features["macs"] for k in pred.kernels(model, "torch", shape))
-            rows.append((family, name, measured, pred.predict(model, "torch", shape), macs))
-    fams = sorted({r[0] for r in rows})
-    true = np.array([r[2] for r in rows])
-    hw = np.array([r[3] for r in rows])
-    flops = np.zeros_like(true)
-    for f in fams:   # FLOPs baseline, leave-one-family-out
-        tr = np.array([r[0] != f for r in rows])
-        x = np.array([[r[4], 1.0] for r in rows])
-        coef, *_ = np.linalg.lstsq(x[tr], true[tr], rcond=None)
-        flops[~tr] = x[~tr] @ coef
-    print(f"predictor {pred.name} ({pred.backend}); device: {pred.metadata.get('device', {}).get('description')}")
-    print(f"{'family':15s} {'n':>3s} | {'hwnas ±5%':>9s} {'±10%':>6s} {'RMSPE':>7s} | {'FLOPs ±5%':>9s} {'±10%':>6s} "
-          f"{'RMSPE':>7s}")
-    for f in fams + ["ALL"]:
-        sel = np.array([f == "ALL" or r[0] == f for r in rows])
-        a, b = _errors(hw[sel], true[sel]), _errors(flops[sel], true[sel])
-        print(f"{f:15s} {a['n']:3d} | {a['±5%']:9.0%} {a['±10%']:6.0%} {a['rmspe']:7.1%} | {b['±5%']:9.0%} "
-              f"{b['±10%']:6.0%} {b['rmspe']:7.1%}")
-    print("\nper model: measured ms, hwnas predicted ms, ratio")
-    for r in rows:
-        print(f"  {r[1]:40s} {r[2]:8.2f} {r[3]:8.2f} {r[3] / r[2]:6.2f}")
+    build = Path(args.build)
+    store = Path(args.store) if args.store else build / "raw" / "zoo.jsonl"
+    pred_dir = Path(args.predictor) if args.predictor else build / "predictor"
+    base = _predictor(pred_dir, calibrated=False)
+    ref = zoo_measurements(store, 0)
+    again = zoo_measurements(store, 1)
+    models = [m for m in zoo() if m.key in ref]
+    families = sorted({m.family for m in models})
+    graphs = [capture(m.build(), "torch", m.input_shape) for m in tqdm(models, desc="capturing networks")]
+    kernels = [detect_kernels(g, base.rules) for g in graphs]
+    y = np.array([float(ref[m.key]["ms"]) for m in models])
+    ov = base.overhead_ms
+    rows = [{"family": m.family, "model": m.key, "measured_ms": float(v), "pass1_ms": (
+        float(again[m.key]["ms"]) if m.key in again else None)} for m, v in zip(models, y)]
+    fam = np.array([m.family for m in models])
+
+    sums = _sums_all(base, kernels)
+    chosen, report = select_calibration(sums, y - ov, ov)
+    cv = report["cv_predictions"] - ov
+    macs = np.array([sum(k.features["macs"] for k in ks) for ks in kernels], dtype=np.float64)
+    flops = np.zeros_like(y)
+    for f in families:
+        tr = fam != f
+        # least squares on the relative error, the metric it is scored on (absolute least squares favours big nets)
+        coef, *_ = np.linalg.lstsq(np.stack([macs[tr], np.ones(tr.sum())], 1) / y[tr, None], np.ones(tr.sum()),
+                                   rcond=None)
+        flops[~tr] = coef[0] * macs[~tr] + coef[1]
+    for r, s, c, fl in zip(rows, sums, cv, flops):
+        r.update(hwnas_raw=apply_calibration(None, s) + ov, hwnas_cal_cv=float(c) + ov, flops_lofo=float(fl))
+
+    lofo_notes = {}
+    if not args.no_lofo:
+        krows, _ = kernel_rows(build / "raw")
+        parents = _parents(build, krows)
+        for f in tqdm(families, desc="leave-one-family-out refits"):
+            lp, kept = _lofo_predictor(base, krows, parents, f, base.backend)
+            s_all = _sums_all(lp, kernels)
+            tr = np.flatnonzero(fam != f)
+            cal, _ = select_calibration([s_all[i] for i in tr], y[tr] - ov, ov)
+            for i in np.flatnonzero(fam == f):
+                rows[i]["hwnas_lofo"] = apply_calibration(cal, s_all[i]) + ov
+            lofo_notes[f] = {"types_kept_from_family": kept}
+
+    if args.ops_build:
+        from hwnas.errors import UnknownKernelError
+
+        ops = _predictor(Path(args.ops_build) / "predictor", calibrated=False)
+        for r, g in zip(rows, graphs):
+            try:
+                r["op_lookup"] = float(ops.kernel_latencies(detect_kernels(g, ops.rules)).sum()) + ops.overhead_ms
+            except UnknownKernelError as e:
+                r["op_lookup"] = None
+                r["op_lookup_error"] = str(e).splitlines()[0]
+
+    noise = {}
+    for f in families + ["ALL"]:
+        sel = [r for r in rows if (f == "ALL" or r["family"] == f) and r["pass1_ms"] is not None]
+        if sel:
+            noise[f] = error_metrics([r["pass1_ms"] for r in sel], [r["measured_ms"] for r in sel])
+    dev = base.metadata.get("device", {}).get("description")
+    print(f"\npredictor {base.name} ({base.backend}); measured on: {dev}")
+    print(f"zoo: {len(models)} networks in {len(families)} families; store {store}\n")
+    print(_table(rows, families, noise))
+    ratio = np.array([r["hwnas_raw"] / r["measured_ms"] for r in rows])
+    print(f"\ncalibration form chosen by 5-fold CV: additive terms {chosen['terms']}, ridge {chosen['ridge']} "
+          f"(CV RMSPE of each form: " + ", ".join(f"{c['terms']}/{c['ridge']}: {c['cv']['rmspe']:.1%}"
+                                                  for c in report["candidates"]) + ")")
+    print(f"uncalibrated sum / measured: median {np.median(ratio):.3f}, 10-90% {np.percentile(ratio, 10):.3f}"
+          f"..{np.percentile(ratio, 90):.3f}")
+    fails = [r for r in rows if r.get("op_lookup_error")]
+    if fails:
+        print(f"op-lookup could not price {len(fails)} networks (first: {fails[0]['op_lookup_error']})")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 6))
-        for f in fams:
-            sel = np.array([r[0] == f for r in rows])
-            ax.scatter(true[sel], hw[sel], label=f, s=18)
-        lim = [0, max(true.max(), hw.max()) * 1.05]
-        ax.plot(lim, lim, "k-", lw=0.8)
-        ax.plot(lim, [v * 1.1 for v in lim], "k:", lw=0.6)
-        ax.plot(lim, [v * 0.9 for v in lim], "k:", lw=0.6)
-        ax.set(xlabel="measured (ms)", ylabel="predicted (ms)", title=f"{pred.name}: predicted vs measured")
-        ax.legend(fontsize=7)
-        fig.savefig(args.plot, dpi=120, bbox_inches="tight")
-        print(f"plot: {args.plot}")
+        _plot(rows, families, args.plot, f"{base.name}: {len(models)} networks")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"predictor": base.name, "device": dev, "noise": noise,
+                                               "calibration_forms": report["candidates"],
+                                               "lofo": lofo_notes, "rows": rows}, indent=1))
+        print(f"json: {args.json}")
 
 
 if __name__ == "__main__":

@@ -316,6 +316,27 @@ class TorchScriptCPU:
         """Compile once and time back-to-back runs with ``protocol`` (default :data:`DEFAULT_PROTOCOL`)."""
         return _measure(self, model, input_shape, protocol)
 
+    @staticmethod
+    def release() -> None:
+        """Drop TorchScript's global registry of traced classes.
+
+        Every trace registers a new class in TorchScript's process-wide compilation unit and nothing removes it:
+        a build that compiled 5,601 kernels held 20 GB and then thrashed. The builder calls this between
+        measurements (measured: 0.65 MB kept per small conv compile without it, 0.06 MB with it). Modules already
+        compiled keep working (they hold their own types); only name lookups of old traced classes are lost.
+        """
+        import torch
+
+        torch._C._jit_clear_class_registry()
+        torch.jit._state._clear_class_state()
+
+
+def release_memory(backend: Any) -> None:
+    """Let a backend drop per-compile global state between measurements (a no-op for backends without any)."""
+    fn = getattr(backend, "release", None)
+    if fn is not None:
+        fn()
+
 
 class OnnxRuntimeCPU:
     """ONNX Runtime, CPU execution provider; see the module docstring.

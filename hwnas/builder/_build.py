@@ -62,6 +62,9 @@ class BuildConfig:
     in_context : bool
         Time 4-d kernels after a 1x1 convolution prefix and subtract the prefix alone (see
         :func:`measure_in_context`), instead of timing them in isolation.
+    calibrate : bool
+        After fitting, time the zoo networks end to end (pass 0, ``raw/zoo.jsonl``; about 6 min on
+        ``onnxruntime-cpu``) and fit the kernel-type calibration (:mod:`hwnas.builder._calibrate`).
     """
 
     backend: str = "torchscript-cpu"
@@ -76,6 +79,7 @@ class BuildConfig:
     fusion_rules: list[list[str]] | None = None
     seed: int = 0
     in_context: bool = True
+    calibrate: bool = True
 
 
 class _Passthrough(nn.Module):
@@ -154,6 +158,7 @@ def sample_kernels(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
             n = jitter(s, rng)
             if n is not None and spec_key(n) not in keys:
                 n["families"] = ["jitter"]
+                n["parent_families"] = list(s.get("families", []))
                 keys.add(spec_key(n))
                 extra.append(n)
     return specs + extra
@@ -178,7 +183,7 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
     """Measure the pending specs into the store; returns how many were measured in this call."""
     from tqdm.auto import tqdm
 
-    from hwnas.builder._backends import get_backend
+    from hwnas.builder._backends import get_backend, release_memory
     from hwnas.builder._kernel_modules import kernel_module
     from hwnas.builder._sampler import spec_key
     from hwnas.builder._store import open_store, shard
@@ -207,6 +212,8 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
             module = kernel_module(spec)
             fields = {"kind": "kernel", "spec": {k: spec[k] for k in ("type", "ops")},
                       "families": spec.get("families", [])}
+            if spec.get("parent_families"):
+                fields["parent_families"] = spec["parent_families"]
             try:
                 parts = _measure_kernel(backend, module, cfg)
             except Exception as e:  # noqa: BLE001 - one unmeasurable kernel must not end a two-hour build
@@ -214,6 +221,9 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
                 store.append(spec_key(spec), ms=-1.0, protocol=cfg.protocol, method="failed",
                              error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", **fields)
                 continue
+            finally:
+                del module
+                release_memory(backend)
             method = parts.pop("method")
             store.append(spec_key(spec), ms=parts.pop("ms"), protocol=cfg.protocol, method=method, parts=parts,
                          **fields)
@@ -243,14 +253,31 @@ def build(cfg: BuildConfig, progress: bool = True) -> Path:
     rules = _rules(cfg, progress)
     specs = sample_kernels(cfg, rules, progress)
     measure_kernels(cfg, specs, progress)
-    return fit_predictor(cfg, rules, progress=progress)
+    path = fit_predictor(cfg, rules, progress=progress)
+    if cfg.calibrate and not cfg.shard:
+        calibrate(cfg, progress)
+    return path
+
+
+def calibrate(cfg: BuildConfig, progress: bool = True) -> dict[str, Any]:
+    """Measure the zoo's pass 0 (resumed) and write the calibration into ``<out>/predictor``."""
+    from hwnas.builder._calibrate import calibrate_build
+    from hwnas.builder._zoo import measure_zoo
+
+    measure_zoo(cfg.backend, Path(cfg.out) / "raw" / "zoo.jsonl", 0, cfg.protocol, progress=progress)
+    return calibrate_build(cfg.out, progress=progress)
 
 
 def fit_only(cfg: BuildConfig) -> Path:
-    """Refit the predictor from the raw measurements already in ``cfg.out``."""
+    """Refit the predictor from the raw measurements already in ``cfg.out`` (and its calibration, when
+    ``cfg.calibrate`` and ``raw/zoo.jsonl`` exists)."""
+    from hwnas.builder._calibrate import calibrate_build
     from hwnas.builder._fit import fit_predictor
 
-    return fit_predictor(cfg, _rules(cfg, progress=False))
+    path = fit_predictor(cfg, _rules(cfg, progress=False))
+    if cfg.calibrate and (Path(cfg.out) / "raw" / "zoo.jsonl").is_file():
+        calibrate_build(cfg.out)
+    return path
 
 
 def merge_shards(cfg: BuildConfig) -> Path:

@@ -13,6 +13,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
                       time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
                       space_archs=args.space_archs)
+    if args.op_level:   # the op-lookup baseline: every op its own kernel, timed alone
+        cfg.fusion_rules, cfg.in_context = [], False
+    if args.op_level or args.no_calibrate:
+        cfg.calibrate = False
+    if args.calibrate:
+        from hwnas.builder._build import calibrate
+
+        cal = calibrate(cfg)
+        acc = cal["accuracy"]
+        print(f"calibrated on {cal['n_networks']} networks: within ±10% "
+              f"{acc['uncalibrated']['within_10pct']:.0%} -> {acc['calibrated_5fold_cv']['within_10pct']:.0%} "
+              f"(5-fold cross-validation)")
+        return 0
     if args.merge:
         out = merge_shards(cfg)
         print(f"merged shards into {out}")
@@ -35,4 +48,10 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     p.add_argument("--fit-only", action="store_true", help="refit from the raw measurements, measure nothing")
     p.add_argument("--jitter", type=int, default=1, help="perturbed neighbours per prior kernel")
     p.add_argument("--space-archs", type=int, default=6, help="random subnets per search space in the prior")
+    p.add_argument("--calibrate", action="store_true",
+                   help="time the zoo networks end to end (resumed) and fit the calibration into OUT/predictor")
+    p.add_argument("--no-calibrate", action="store_true", help="fit kernels only, skip the zoo and calibration")
+    p.add_argument("--op-level", action="store_true",
+                   help="no fusion, every operator timed in isolation: the op-lookup baseline of the accuracy "
+                        "benchmark, not a predictor to deploy")
     handlers["build"] = cmd_build

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.kernels import FusionRules, kernel_features
+from hwnas.predictor._regressors import UNIT_FLOOR
 
 # Features per kernel family (by the main op); the rest use GENERIC.
 CONV = ["hin", "win", "cin", "cout", "hout", "kernel", "stride", "groups", "macs", "params", "in_elems", "out_elems"]
@@ -25,6 +26,12 @@ GENERIC = ["hin", "cin", "cout", "hout", "n_inputs", "elementwise", "in_elems", 
 ZERO_COST_OPS = ["dropout", "identity"]
 MIN_TREE_SAMPLES = 12
 MIN_FIT_SAMPLES = 3     # fewer successful measurements: no regressor; the type is declared unsupported
+
+
+def unit_feature(ktype: str) -> str:
+    """The work measure a kernel's latency is normalised by: MACs for convolutions and matrix products, output
+    elements otherwise (both are among :func:`features_for`)."""
+    return "macs" if ktype.split("-")[0] in ("conv", "dwconv", "fc", "matmul", "mha") else "out_elems"
 
 
 def features_for(ktype: str) -> list[str]:
@@ -38,16 +45,25 @@ def features_for(ktype: str) -> list[str]:
     return GENERIC
 
 
-def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
+def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Successful kernel measurements of a build's ``raw/`` directory, net of the call overhead.
+
+    Returns
+    -------
+    rows : list of dict
+        One per measured kernel: ``key``, ``type``, ``features`` (dict), ``ms`` (net, >= 1e-4), ``families``
+        (prior families that brought it in; ``["jitter"]`` for a neighbour) and, where recorded,
+        ``parent_families`` (a neighbour's source families).
+    overhead : dict
+        Input shape (as a string) → per-call overhead (ms).
+    """
     from hwnas.builder._kernel_modules import spec_nodes
     from hwnas.builder._store import read_records
 
-    raw = Path(cfg.out) / "raw"
     overhead: dict[str, float] = {}
-    by_type: dict[str, list[tuple[dict, float]]] = {}
     kernel_recs = []
     seen: set[str] = set()
-    for path in sorted(raw.glob("kernels*.jsonl")) + sorted(raw.glob("kernels*.jsonl.gz")):
+    for path in sorted(Path(raw).glob("kernels*.jsonl")) + sorted(Path(raw).glob("kernels*.jsonl.gz")):
         for r in read_records(path):
             if r.get("type") != "measurement" or r["key"] in seen:
                 continue   # a key measured twice (a plain and a gzipped copy of one store): first record wins
@@ -56,6 +72,7 @@ def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, f
                 overhead[str(list(r["input_shape"]))] = float(r["ms"])
             elif r.get("kind") == "kernel":
                 kernel_recs.append(r)
+    rows = []
     for r in kernel_recs:
         if r.get("method") == "failed":   # recorded with ms = -1 and the error
             continue
@@ -64,8 +81,39 @@ def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, f
         shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
         # in-context and isolated-fallback records are already net of the call overhead; old isolated ones are not
         net = float(r["ms"]) if "parts" in r else float(r["ms"]) - overhead.get(shape, 0.0)
-        by_type.setdefault(spec["type"], []).append((kernel_features(nodes), max(net, 1e-4)))
+        rows.append({"key": r["key"], "type": spec["type"], "features": kernel_features(nodes),
+                     "ms": max(net, 1e-4), "families": list(r.get("families", [])),
+                     "parent_families": list(r.get("parent_families", []))})
+    return rows, overhead
+
+
+def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
+    rows, overhead = kernel_rows(Path(cfg.out) / "raw")
+    by_type: dict[str, list[tuple[dict, float]]] = {}
+    for r in rows:
+        by_type.setdefault(r["type"], []).append((r["features"], r["ms"]))
     return by_type, overhead
+
+
+def fit_regressors(by_type: dict[str, list[tuple[dict, float]]], backend: str, seed: int = 0,
+                   progress: bool = False) -> tuple[dict, dict, dict, dict]:
+    """Fit every kernel type: returns ``(regressors, kernels metadata, accuracy report, unsupported types)``."""
+    from tqdm.auto import tqdm
+
+    regressors, kernels, accuracy, unsupported = {}, {}, {}, {}
+    for ktype in tqdm(sorted(by_type), desc="fitting kernel regressors", disable=not progress):
+        if len(by_type[ktype]) < MIN_FIT_SAMPLES:
+            # Pricing such a kernel raises UnknownKernelError naming the type (never an extrapolated guess).
+            unsupported[ktype] = (f"only {len(by_type[ktype])} successful measurement(s) on {backend} "
+                                  f"(at least {MIN_FIT_SAMPLES} are needed); see the failed records in raw/")
+            continue
+        (reg, names, target), rep = fit_type(ktype, by_type[ktype], seed)
+        regressors[ktype] = reg
+        kernels[ktype] = {"features": names, "target": target}
+        if target == "log_ms_per_unit":
+            kernels[ktype]["unit_feature"] = unit_feature(ktype)
+        accuracy[ktype] = rep
+    return regressors, kernels, accuracy, unsupported
 
 
 def _candidates(seed: int) -> dict[str, Any]:
@@ -116,23 +164,29 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     random.Random(seed).shuffle(idx)
     cut = max(1, int(round(0.2 * n)))
     test, train = idx[:cut], idx[cut:]
+    unit_name = unit_feature(ktype)
+    unit = np.maximum(x[:, names.index(unit_name)], UNIT_FLOOR)
+    # Two targets: log latency, and log latency per unit of work (time per MAC or per element varies slowly,
+    # so trees interpolate it better; the exact unit count carries the scale).
+    targets = {"log_ms": (y, np.ones(n)), "log_ms_per_unit": (y - np.log(unit), unit)}
     best = None
     report: dict[str, Any] = {"n": n, "candidates": {}}
-    for name, est in _candidates(seed).items():
-        est.fit(x[train], y[train])
-        err = error_metrics(np.exp(est.predict(x[test])), np.exp(y[test]))
-        report["candidates"][name] = err
-        if best is None or err["rmspe"] < report["candidates"][best]["rmspe"]:
-            best = name
-    final = _candidates(seed)[best].fit(x, y)
-    report.update(model=best, holdout=report["candidates"][best])
-    return (TreeEnsemble.from_sklearn(final), names, "log_ms"), report
+    for target, (yt, scale) in targets.items():
+        for name, est in _candidates(seed).items():
+            est.fit(x[train], yt[train])
+            err = error_metrics(np.exp(est.predict(x[test])) * scale[test], np.exp(y[test]))
+            label = name if target == "log_ms" else f"{name}/per_{unit_name}"
+            report["candidates"][label] = err
+            if best is None or err["rmspe"] < report["candidates"][best[2]]["rmspe"]:
+                best = (name, target, label)
+    name, target, label = best
+    final = _candidates(seed)[name].fit(x, targets[target][0])
+    report.update(model=label, holdout=report["candidates"][label])
+    return (TreeEnsemble.from_sklearn(final), names, target), report
 
 
 def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     """Fit every measured kernel type and write ``<out>/predictor``; returns its path."""
-    from tqdm.auto import tqdm
-
     import hwnas
     from hwnas.builder._build import default_name, utc_now
     from hwnas.builder._device import describe, fingerprint
@@ -141,17 +195,7 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     by_type, overhead = _records(cfg)
     if not by_type:
         raise RuntimeError(f"no kernel measurements under {Path(cfg.out) / 'raw'}; run the measuring stage first")
-    regressors, kernels, accuracy, unsupported = {}, {}, {}, {}
-    for ktype in tqdm(sorted(by_type), desc="fitting kernel regressors", disable=not progress):
-        if len(by_type[ktype]) < MIN_FIT_SAMPLES:
-            # Pricing such a kernel raises UnknownKernelError naming the type (never an extrapolated guess).
-            unsupported[ktype] = (f"only {len(by_type[ktype])} successful measurement(s) on {cfg.backend} "
-                                  f"(at least {MIN_FIT_SAMPLES} are needed); see the failed records in raw/")
-            continue
-        (reg, names, target), rep = fit_type(ktype, by_type[ktype], cfg.seed)
-        regressors[ktype] = reg
-        kernels[ktype] = {"features": names, "target": target}
-        accuracy[ktype] = rep
+    regressors, kernels, accuracy, unsupported = fit_regressors(by_type, cfg.backend, cfg.seed, progress)
     fp = fingerprint()
     model_overhead = float(np.median(list(overhead.values()))) if overhead else 0.0
     meta = {

@@ -88,6 +88,29 @@ def load_latency_predictor(name_or_path: str | os.PathLike) -> "LatencyPredictor
     return LatencyPredictor(metadata, regressors, path=path)
 
 
+#: Additive calibration terms a predictor understands: term -> kernel feature (None: one per kernel).
+CALIBRATION_TERMS = {"per_kernel": None, "per_mparam": "params", "per_melem": "out_elems"}
+
+
+def _read_calibration(cal: Any, name: str) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """Kernel factors, additive terms and intercept (ms) of a ``calibration`` entry, checked: finite, factors > 0,
+    terms >= 0 and known."""
+    try:
+        scale = {str(k): float(v) for k, v in dict(cal.get("kernel_scale", {})).items()}
+        terms = {str(t): {str(n): float(c) for n, c in dict(v).items()}
+                 for t, v in dict(cal.get("kernel_terms", {})).items()}
+        intercept = float(cal.get("intercept_ms", 0.0))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise PredictorFileError(f"predictor {name!r}: malformed 'calibration' entry ({e})") from None
+    bad: dict[str, Any] = {k: v for k, v in scale.items() if not (np.isfinite(v) and v > 0)}
+    bad.update({f"{t}.{n}": c for t, v in terms.items() for n, c in v.items()
+                if n not in CALIBRATION_TERMS or not (np.isfinite(c) and c >= 0)})
+    if bad or not np.isfinite(intercept):
+        raise PredictorFileError(f"predictor {name!r}: calibration factors must be finite and > 0, terms known, "
+                                 f"finite and >= 0, and the intercept finite; got {bad or intercept}")
+    return scale, terms, intercept
+
+
 class LatencyPredictor:
     """Predicts the latency of models (ms) on one backend and device.
 
@@ -112,6 +135,14 @@ class LatencyPredictor:
         self.scale = 1.0
         #: Per-call cost of the backend (ms), paid once per model run, not once per kernel.
         self.overhead_ms = float(metadata.get("model_overhead_ms", 0.0))
+        #: Per-kernel-type factors fitted on networks measured end to end (see hwnas.builder._calibrate).
+        self.kernel_scale: dict[str, float] = {}
+        #: Per-kernel-type additive costs: term name -> ms per unit (see hwnas.builder._calibrate.TERMS).
+        self.kernel_terms: dict[str, dict[str, float]] = {}
+        cal = metadata.get("calibration")
+        if cal:
+            self.kernel_scale, self.kernel_terms, intercept = _read_calibration(cal, self.name)
+            self.overhead_ms += intercept
         self._specs = metadata["kernels"]
         for ktype, spec in self._specs.items():
             unknown = [f for f in spec["features"] if f not in FEATURE_NAMES]
@@ -205,7 +236,14 @@ class LatencyPredictor:
             names = spec["features"]
             x = np.array([[kernels[i].features[n] for n in names] for i in idx], dtype=np.float64)
             raw = self.regressors[ktype].predict(x)
-            out[idx] = apply_target(spec.get("target", "ms"), raw)
+            target = spec.get("target", "ms")
+            unit = x[:, names.index(spec["unit_feature"])] if target == "log_ms_per_unit" else None
+            ms = apply_target(target, raw, unit) * self.kernel_scale.get(ktype, 1.0)
+            for term, cost in self.kernel_terms.get(ktype, {}).items():
+                feature = CALIBRATION_TERMS[term]
+                ms = ms + cost * (1.0 if feature is None else
+                                  np.array([kernels[i].features.get(feature, 0.0) for i in idx]))
+            out[idx] = ms
         return out * self.scale
 
     def predict(self, model: Any, model_type: str = "torch",

@@ -17,21 +17,22 @@ Layout
 
 A ``.zip`` archive holds the two files at its root or inside one top-level folder.
 
-Metadata schema (``schema_version`` 1)
+Metadata schema (``schema_version`` 2; 1 is read too)
 --------------------------------------
 Required (checked on read):
 
 ``schema_version`` : int
-    Format version; :data:`SCHEMA_VERSION` (1). A larger number means a newer hwnas wrote it.
+    Format version; :data:`SCHEMA_VERSION` (2: adds the ``log_ms_per_unit`` target and ``calibration``). A larger
+    number means a newer hwnas wrote it.
 ``name`` : str
     Predictor name, e.g. ``"torchscript-cpu-xeon8375c-t1"``.
 ``backend`` : str
     Inference backend measured, e.g. ``"torchscript-cpu"``, ``"onnxruntime-cpu"``.
 ``units`` : "ms"
     Unit of every latency in the file (after :func:`~hwnas.predictor._regressors.apply_target`).
-``kernels`` : {kernel type: {"features": [str, ...], "target": "ms" | "log_ms", "regressor": {"kind", "prefix"}}}
+``kernels`` : {kernel type: {"features": [str, ...], "target": "ms" | "log_ms" | "log_ms_per_unit", "regressor": {"kind", "prefix"}}}
     Per kernel type: the ordered feature names its regressor takes (columns of ``X``), what the regressor
-    predicts, and where its arrays are (``kind`` is a key of
+    predicts (with ``"unit_feature"``, one of the features, for ``log_ms_per_unit``; schema 2), and where its arrays are (``kind`` is a key of
     :data:`~hwnas.predictor._regressors.REGRESSOR_KINDS`; ``prefix`` names its arrays in ``regressors.npz``).
     ``regressor`` is filled in by :func:`write_predictor`.
 ``files`` : {file name: sha256 hex}
@@ -57,6 +58,9 @@ Descriptive (written by the builder, not required by the reader):
     Ops the backend removes (kernels made only of them cost 0 ms by declaration).
 ``model_overhead_ms`` : float
     Per-call backend overhead, ms, added once per model.
+``calibration`` : {"kernel_scale": {kernel type: float}, "intercept_ms": float, ...}
+    Factors fitted on networks measured end to end (:mod:`hwnas.builder._calibrate`); read and applied by the
+    predictor (a malformed entry is a :class:`~hwnas.errors.PredictorFileError`). Schema 2.
 ``accuracy`` : {...}
     Validation report (held-out errors per kernel type, end-to-end model errors).
 ``created`` : str
@@ -91,7 +95,7 @@ from hwnas.predictor._regressors import REGRESSOR_KINDS, TARGETS
 __all__ = ["SCHEMA_VERSION", "write_predictor", "read_predictor", "sha256_file", "predictor_checksum"]
 
 #: Newest metadata schema this hwnas reads and the one it writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _JSON = "predictor.json"
 _NPZ = "regressors.npz"
@@ -423,6 +427,9 @@ def _check_metadata(meta: dict[str, Any], where: str, exc: type[Exception] = Pre
             fail(f"kernel {ktype!r}: 'features' must be a non-empty list of distinct names, got {feats!r}")
         if spec.get("target") not in TARGETS:
             fail(f"kernel {ktype!r}: 'target' must be one of {list(TARGETS)}, got {spec.get('target')!r}")
+        if spec.get("target") == "log_ms_per_unit" and spec.get("unit_feature") not in feats:
+            fail(f"kernel {ktype!r}: target 'log_ms_per_unit' needs 'unit_feature' naming one of its features, "
+                 f"got {spec.get('unit_feature')!r}")
         reg = spec.get("regressor")
         if not isinstance(reg, dict) or not isinstance(reg.get("prefix"), str) or "kind" not in reg:
             fail(f"kernel {ktype!r}: 'regressor' must be an object with 'kind' and 'prefix', got {reg!r}")

@@ -23,8 +23,11 @@ so many regressors share one ``.npz`` under distinct prefixes (array names are `
 
 Target transform
 ----------------
-A regressor predicts the kernel's ``target`` declared in metadata: ``"ms"`` (latency itself) or ``"log_ms"``
-(natural log of the latency); :func:`apply_target` turns either into milliseconds.
+A regressor predicts the kernel's ``target`` declared in metadata: ``"ms"`` (latency itself), ``"log_ms"``
+(natural log of the latency) or ``"log_ms_per_unit"`` (natural log of the latency per unit of work, the unit being
+the kernel feature named by ``unit_feature``, e.g. ``macs`` for convolutions: the regressor learns the time per
+multiply-accumulate, which varies slowly, and the exact MAC count carries the scale); :func:`apply_target` turns
+each into milliseconds.
 
 Limitations
 -----------
@@ -46,8 +49,10 @@ from hwnas.errors import PredictorFileError
 
 __all__ = ["TreeEnsemble", "LinearModel", "Regressor", "REGRESSOR_KINDS", "TARGETS", "apply_target"]
 
+#: Smallest unit value used by ``log_ms_per_unit`` (a kernel with no work still costs its fitted time per unit).
+UNIT_FLOOR = 1e-9
 #: Targets a regressor may predict; see :func:`apply_target`.
-TARGETS = ("ms", "log_ms")
+TARGETS = ("ms", "log_ms", "log_ms_per_unit")
 
 # (sample, tree) pairs walked at once; bounds the evaluator's working memory to a few tens of MB.
 _PAIRS_PER_CHUNK = 1 << 20
@@ -66,7 +71,7 @@ class Regressor(Protocol):
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]: ...
 
 
-def apply_target(kind: str, raw: np.ndarray) -> np.ndarray:
+def apply_target(kind: str, raw: np.ndarray, unit: np.ndarray | None = None) -> np.ndarray:
     """Turn a regressor's raw output into milliseconds.
 
     Parameters
@@ -75,6 +80,8 @@ def apply_target(kind: str, raw: np.ndarray) -> np.ndarray:
         The kernel's ``target`` from predictor metadata.
     raw : array_like
         Regressor output, in ``kind`` units.
+    unit : array_like, optional
+        The unit feature's values (required for ``"log_ms_per_unit"``).
 
     Returns
     -------
@@ -86,6 +93,10 @@ def apply_target(kind: str, raw: np.ndarray) -> np.ndarray:
         return raw
     if kind == "log_ms":
         return np.exp(raw)
+    if kind == "log_ms_per_unit":
+        if unit is None:
+            raise ValueError("target 'log_ms_per_unit' needs the unit feature's values")
+        return np.exp(raw) * np.maximum(np.asarray(unit, dtype=np.float64), UNIT_FLOOR)
     raise ValueError(f"unknown regressor target {kind!r}; expected one of {TARGETS}")
 
 
