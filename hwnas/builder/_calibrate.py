@@ -107,7 +107,7 @@ def fit_calibration(nets: Sequence[Mapping[str, Mapping[str, float]]], measured_
     rhs = np.concatenate([(y - fixed) / y, np.sqrt(ridge) * is_scale.astype(float)])
     lo = np.append(np.where(is_scale, bounds[0], 0.0), 0.0)
     hi = np.append(np.where(is_scale, bounds[1], np.inf), np.inf)
-    sol = lsq_linear(a, rhs, bounds=(lo, hi), method="bvls").x
+    sol = np.clip(lsq_linear(a, rhs, bounds=(lo, hi), method="bvls").x, lo, hi)   # solver round-off (-1e-18)
     out: dict[str, Any] = {"kernel_scale": {}, "kernel_terms": {}, "intercept_ms": float(sol[k])}
     for j, t in enumerate(types):
         out["kernel_scale"][t] = float(sol[per * j])

@@ -87,6 +87,18 @@ def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
     return rows, overhead
 
 
+def measuring_fingerprint(raw: Path) -> dict[str, Any] | None:
+    """Fingerprint of the machine that measured the kernels (the first device record of the kernel stores), so a
+    predictor describes where it was measured, not where it was fitted."""
+    from hwnas.builder._store import read_records
+
+    for path in sorted(Path(raw).glob("kernels*.jsonl")) + sorted(Path(raw).glob("kernels*.jsonl.gz")):
+        for r in read_records(path):
+            if r.get("type") == "device" and r.get("fingerprint"):
+                return dict(r["fingerprint"])
+    return None
+
+
 def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
     rows, overhead = kernel_rows(Path(cfg.out) / "raw")
     by_type: dict[str, list[tuple[dict, float]]] = {}
@@ -196,7 +208,7 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     if not by_type:
         raise RuntimeError(f"no kernel measurements under {Path(cfg.out) / 'raw'}; run the measuring stage first")
     regressors, kernels, accuracy, unsupported = fit_regressors(by_type, cfg.backend, cfg.seed, progress)
-    fp = fingerprint()
+    fp = measuring_fingerprint(Path(cfg.out) / "raw") or fingerprint()
     model_overhead = float(np.median(list(overhead.values()))) if overhead else 0.0
     meta = {
         "name": cfg.name or default_name(cfg.backend), "version": utc_now()[:10].replace("-", "."),
