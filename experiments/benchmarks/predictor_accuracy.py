@@ -58,7 +58,7 @@ def _sums_all(pred: Any, kernel_lists: list[list[Any]]) -> list[dict[str, dict]]
 def _parents(build: Path, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Source families of every neighbour (jitter) kernel. Builds before parent_families was recorded are
     re-sampled with the same deterministic sampler to recover them."""
-    missing = [r for r in rows if r["families"] == ["jitter"] and not r["parent_families"]]
+    missing = [r for r in rows if set(r["families"]) <= {"jitter", "adaptive"} and not r["parent_families"]]
     out = {r["key"]: r["parent_families"] for r in rows if r["parent_families"]}
     if not missing:
         return out
@@ -82,7 +82,7 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, li
     from hwnas.predictor import LatencyPredictor
 
     def own(r: dict[str, Any]) -> bool:
-        fams = set(r["families"]) - {"jitter"} or set(parents.get(r["key"], []))
+        fams = set(r["families"]) - {"jitter", "adaptive"} or set(parents.get(r["key"], []))
         return fams == {family}
 
     by_type: dict[str, list] = {}

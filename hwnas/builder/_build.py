@@ -62,6 +62,9 @@ class BuildConfig:
     in_context : bool
         Time 4-d kernels after a 1x1 convolution prefix and subtract the prefix alone (see
         :func:`measure_in_context`), instead of timing them in isolation.
+    adaptive_rounds : int
+        Rounds of adaptive sampling after the first fit: neighbours of the kernels predicted worst are measured
+        and the regressors refitted (:func:`hwnas.builder._sampler.adaptive_specs`).
     calibrate : bool
         After fitting, time the zoo networks end to end (pass 0, ``raw/zoo.jsonl``; about 6 min on
         ``onnxruntime-cpu``) and fit the kernel-type calibration (:mod:`hwnas.builder._calibrate`).
@@ -79,6 +82,7 @@ class BuildConfig:
     fusion_rules: list[list[str]] | None = None
     seed: int = 0
     in_context: bool = True
+    adaptive_rounds: int = 1
     calibrate: bool = True
 
 
@@ -254,9 +258,25 @@ def build(cfg: BuildConfig, progress: bool = True) -> Path:
     specs = sample_kernels(cfg, rules, progress)
     measure_kernels(cfg, specs, progress)
     path = fit_predictor(cfg, rules, progress=progress)
+    for _ in range(cfg.adaptive_rounds if not cfg.shard else 0):
+        if not adaptive_round(cfg, rules, progress):
+            break
+        path = fit_predictor(cfg, rules, progress=progress)
     if cfg.calibrate and not cfg.shard:
         calibrate(cfg, progress)
     return path
+
+
+def adaptive_round(cfg: BuildConfig, rules: FusionRules, progress: bool = True) -> int:
+    """Measure the neighbours of the worst-predicted kernels (one round); returns how many were measured."""
+    from hwnas.builder._fit import kernel_rows
+    from hwnas.builder._sampler import adaptive_specs
+
+    rows, _ = kernel_rows(Path(cfg.out) / "raw")
+    specs = adaptive_specs(rows, seed=cfg.seed + 1 + len(rows))
+    if progress:
+        print(f"adaptive sampling: {len(specs)} neighbours of the worst-predicted kernels")
+    return measure_kernels(cfg, specs, progress) if specs else 0
 
 
 def calibrate(cfg: BuildConfig, progress: bool = True) -> dict[str, Any]:

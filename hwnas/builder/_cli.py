@@ -17,6 +17,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         cfg.fusion_rules, cfg.in_context = [], False
     if args.op_level or args.no_calibrate:
         cfg.calibrate = False
+    cfg.adaptive_rounds = 0 if args.op_level else args.adaptive_rounds
+    if args.adaptive_only:
+        from hwnas.builder._build import _rules, adaptive_round
+
+        rules = _rules(cfg, progress=True)
+        for _ in range(max(1, args.adaptive_rounds)):
+            if not adaptive_round(cfg, rules):
+                break
+        print(f"predictor written to {fit_only(cfg)}")
+        return 0
     if args.calibrate:
         from hwnas.builder._build import calibrate
 
@@ -48,6 +58,10 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     p.add_argument("--fit-only", action="store_true", help="refit from the raw measurements, measure nothing")
     p.add_argument("--jitter", type=int, default=1, help="perturbed neighbours per prior kernel")
     p.add_argument("--space-archs", type=int, default=6, help="random subnets per search space in the prior")
+    p.add_argument("--adaptive-rounds", type=int, default=1,
+                   help="rounds of adaptive sampling (neighbours of the worst-predicted kernels) after the first fit")
+    p.add_argument("--adaptive-only", action="store_true",
+                   help="run the adaptive rounds on an existing build, then refit (and recalibrate when raw/zoo.jsonl exists)")
     p.add_argument("--calibrate", action="store_true",
                    help="time the zoo networks end to end (resumed) and fit the calibration into OUT/predictor")
     p.add_argument("--no-calibrate", action="store_true", help="fit kernels only, skip the zoo and calibration")

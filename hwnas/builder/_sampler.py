@@ -162,3 +162,64 @@ def jitter(spec: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
     except Exception:
         return None
     return new
+
+
+def spec_from_key(key: str) -> dict[str, Any]:
+    """Inverse of :func:`spec_key`."""
+    ktype, ops = key.split(":", 1)
+    return {"type": ktype, "ops": json.loads(ops)}
+
+
+def adaptive_specs(rows: Sequence[dict[str, Any]], *, worst_fraction: float = 0.1, max_per_type: int = 60,
+                   neighbours: int = 2, seed: int = 0, min_rows: int = 20) -> list[dict[str, Any]]:
+    """Neighbours of the measured kernels that the regressors predict worst (nn-Meter's adaptive sampling).
+
+    For each kernel type with at least ``min_rows`` measurements, a random forest on the log time per unit of
+    work gives every kernel an out-of-fold prediction (5 folds); the ``worst_fraction`` with the largest
+    ``|log(predicted / measured)|`` (at most ``max_per_type``) each get ``neighbours`` perturbed configurations
+    (:func:`jitter`) that were not measured yet. New specs carry ``families=["adaptive"]`` and their source's
+    families in ``parent_families``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Measured kernels, as :func:`hwnas.builder._fit.kernel_rows` returns them (``key``, ``type``,
+        ``features``, ``ms``, ``families``, ``parent_families``).
+    """
+    import numpy as np
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.model_selection import cross_val_predict
+
+    from hwnas.builder._fit import features_for, unit_feature
+    from hwnas.predictor._regressors import UNIT_FLOOR
+
+    rng = random.Random(seed)
+    measured = {r["key"] for r in rows}
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_type.setdefault(r["type"], []).append(r)
+    out: list[dict[str, Any]] = []
+    for ktype in sorted(by_type):
+        rs = by_type[ktype]
+        if len(rs) < min_rows:
+            continue
+        names = features_for(ktype)
+        x = np.array([[r["features"][n] for n in names] for r in rs], dtype=np.float64)
+        unit = np.maximum(np.array([r["features"][unit_feature(ktype)] for r in rs], dtype=np.float64), UNIT_FLOOR)
+        y = np.log(np.array([r["ms"] for r in rs])) - np.log(unit)
+        est = RandomForestRegressor(n_estimators=32, min_samples_leaf=2, random_state=seed, n_jobs=1)
+        err = np.abs(cross_val_predict(est, x, y, cv=5) - y)
+        k = min(max_per_type, max(1, int(round(worst_fraction * len(rs)))))
+        for i in np.argsort(-err)[:k]:
+            src = rs[int(i)]
+            parents = [f for f in src["families"] if f not in ("jitter", "adaptive")] or src["parent_families"]
+            for _ in range(neighbours):
+                n = jitter(spec_from_key(src["key"]), rng)
+                if n is None:
+                    break
+                key = spec_key(n)
+                if key in measured:
+                    continue
+                measured.add(key)
+                out.append({**n, "families": ["adaptive"], "parent_families": list(parents)})
+    return out
