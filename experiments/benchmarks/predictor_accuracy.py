@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", required=True, help="build directory (raw/ and predictor/)")
     ap.add_argument("--predictor", default=None, help="predictor directory (default BUILD/predictor)")
-    ap.add_argument("--store", default=None, help="zoo measurements (default BUILD/raw/zoo.jsonl)")
+    ap.add_argument("--store", default=None, help="zoo measurements (default BUILD/raw/zoo.jsonl[.gz])")
     ap.add_argument("--ops-build", default=None, help="op-level build for the op-lookup baseline")
     ap.add_argument("--no-lofo", action="store_true", help="skip the leave-one-family-out refits")
     ap.add_argument("--plot", default=None)
@@ -165,12 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm.auto import tqdm
 
     from hwnas.builder._fit import kernel_rows
-    from hwnas.builder._zoo import zoo
+    from hwnas.builder._zoo import zoo, zoo_store_path
     from hwnas.graph import capture
     from hwnas.kernels import detect_kernels
 
     build = Path(args.build)
-    store = Path(args.store) if args.store else build / "raw" / "zoo.jsonl"
+    store = Path(args.store) if args.store else zoo_store_path(build / "raw")
     pred_dir = Path(args.predictor) if args.predictor else build / "predictor"
     base = _predictor(pred_dir, calibrated=False)
     ref = zoo_measurements(store, 0)

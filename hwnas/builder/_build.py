@@ -282,9 +282,9 @@ def adaptive_round(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
 def calibrate(cfg: BuildConfig, progress: bool = True) -> dict[str, Any]:
     """Measure the zoo's pass 0 (resumed) and write the calibration into ``<out>/predictor``."""
     from hwnas.builder._calibrate import calibrate_build
-    from hwnas.builder._zoo import measure_zoo
+    from hwnas.builder._zoo import measure_zoo, zoo_store_path
 
-    measure_zoo(cfg.backend, Path(cfg.out) / "raw" / "zoo.jsonl", 0, cfg.protocol, progress=progress)
+    measure_zoo(cfg.backend, zoo_store_path(Path(cfg.out) / "raw"), 0, cfg.protocol, progress=progress)
     return calibrate_build(cfg.out, progress=progress)
 
 
@@ -295,7 +295,9 @@ def fit_only(cfg: BuildConfig) -> Path:
     from hwnas.builder._fit import fit_predictor
 
     path = fit_predictor(cfg, _rules(cfg, progress=False))
-    if cfg.calibrate and (Path(cfg.out) / "raw" / "zoo.jsonl").is_file():
+    from hwnas.builder._zoo import zoo_store_path
+
+    if cfg.calibrate and zoo_store_path(Path(cfg.out) / "raw").is_file():
         calibrate_build(cfg.out)
     return path
 

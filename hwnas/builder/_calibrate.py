@@ -201,16 +201,16 @@ def network_sums(predictor: Any, models: Sequence[Any], progress: bool = True) -
 
 def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit the calibration of ``<build_dir>/predictor`` on the zoo networks measured in ``store`` (default
-    ``<build_dir>/raw/zoo.jsonl``) and write it into the predictor; returns the calibration written."""
+    ``<build_dir>/raw/zoo.jsonl[.gz]``) and write it into the predictor; returns the calibration written."""
     from pathlib import Path
 
     from hwnas.builder._fit import error_metrics
-    from hwnas.builder._zoo import zoo
+    from hwnas.builder._zoo import zoo, zoo_store_path
     from hwnas.predictor import LatencyPredictor
     from hwnas.predictor._format import read_predictor, write_predictor
 
     build_dir = Path(build_dir)
-    store = Path(store) if store else build_dir / "raw" / "zoo.jsonl"
+    store = Path(store) if store else zoo_store_path(build_dir / "raw")
     meta, regs = read_predictor(build_dir / "predictor")
     meta.pop("calibration", None)
     pred = LatencyPredictor(meta, regs)

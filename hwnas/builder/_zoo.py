@@ -112,6 +112,16 @@ def zoo(families: tuple[str, ...] | None = None) -> list[ZooModel]:
     return models
 
 
+def zoo_store_path(raw_dir: Any) -> Any:
+    """The zoo store of a build's ``raw/`` directory: ``zoo.jsonl``, or ``zoo.jsonl.gz`` when only that exists
+    (stores are kept compressed in the repository; appending to the gzip store works too)."""
+    from pathlib import Path
+
+    plain = Path(raw_dir) / "zoo.jsonl"
+    gz = Path(raw_dir) / "zoo.jsonl.gz"
+    return gz if gz.is_file() and not plain.is_file() else plain
+
+
 def zoo_key(model_key: str, pass_id: int) -> str:
     """Store key of one network's measurement in one pass."""
     return f"zoo:{model_key}:pass{pass_id}"
