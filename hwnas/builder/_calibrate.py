@@ -3,7 +3,8 @@
 Kernels are timed one at a time (after a prefix, see :func:`hwnas.builder._build.measure_in_context`), but a
 network pays costs no single kernel shows: layout reorders between kernels (ONNX Runtime's NCHWc ``Reorder``
 nodes, oneDNN's format conversions), colder caches than a kernel timed back to back, and the call overhead of
-the runtime. Measured on ONNX Runtime, the uncalibrated sum ran low by a family-dependent 0-26%.
+the runtime. Measured on the 483 zoo networks (AMD EPYC VM), the uncalibrated sum was a median 0.84 of the
+measured latency on ONNX Runtime and 0.68 on TorchScript, by family and resolution.
 
 The calibration stays additive over kernels (so lookup tables, the latency loss and the search still sum
 kernel latencies exactly). Per kernel type ``t`` it has a factor on the measured kernel latency and three
