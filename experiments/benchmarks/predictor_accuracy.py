@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.builder._calibrate import apply_calibration, network_terms, select_calibration, zoo_measurements
+from hwnas.builder._calibrate import apply_calibration, network_sums, select_calibration, zoo_measurements
 from hwnas.builder._fit import error_metrics
 
 COLUMNS = ("hwnas_raw", "hwnas_cal_cv", "hwnas_lofo", "flops_lofo", "op_lookup")
@@ -42,17 +42,6 @@ def _predictor(path: Path, calibrated: bool) -> Any:
     if not calibrated:
         meta.pop("calibration", None)
     return LatencyPredictor(meta, regs, path=path)
-
-
-def _sums_all(pred: Any, kernel_lists: list[list[Any]]) -> list[dict[str, dict]]:
-    """Per network, per kernel type: uncalibrated ms and the calibration's terms (one vectorised call)."""
-    flat = [k for ks in kernel_lists for k in ks]
-    ms = pred.kernel_latencies(flat)
-    out, i = [], 0
-    for ks in kernel_lists:
-        out.append(network_terms(ms[i:i + len(ks)], ks))
-        i += len(ks)
-    return out
 
 
 def _parents(build: Path, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -185,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         float(again[m.key]["ms"]) if m.key in again else None)} for m, v in zip(models, y)]
     fam = np.array([m.family for m in models])
 
-    sums = _sums_all(base, kernels)
+    sums = network_sums(base, kernels)
     chosen, report = select_calibration(sums, y - ov, ov)
     cv = report["cv_predictions"] - ov
     macs = np.array([sum(k.features["macs"] for k in ks) for ks in kernels], dtype=np.float64)
@@ -205,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         parents = _parents(build, krows)
         for f in tqdm(families, desc="leave-one-family-out refits"):
             lp, kept = _lofo_predictor(base, krows, parents, f, base.backend)
-            s_all = _sums_all(lp, kernels)
+            s_all = network_sums(lp, kernels)
             tr = np.flatnonzero(fam != f)
             cal, _ = select_calibration([s_all[i] for i in tr], y[tr] - ov, ov)
             for i in np.flatnonzero(fam == f):

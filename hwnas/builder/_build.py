@@ -168,21 +168,6 @@ def sample_kernels(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
     return specs + extra
 
 
-def _round_robin(specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Interleave specs by kernel type (stable within a type), so that a build stopped by its time budget has
-    measured some kernels of every type."""
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for s in specs:
-        by_type.setdefault(s["type"], []).append(s)
-    out: list[dict[str, Any]] = []
-    queues = [list(v) for v in by_type.values()]
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
-
-
 def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress: bool = True) -> int:
     """Measure the pending specs into the store; returns how many were measured in this call."""
     from tqdm.auto import tqdm
@@ -190,14 +175,14 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
     from hwnas.builder._backends import get_backend, release_memory
     from hwnas.builder._kernel_modules import kernel_module
     from hwnas.builder._sampler import spec_key
-    from hwnas.builder._store import open_store, shard
+    from hwnas.builder._store import open_store, round_robin, shard
 
     backend = get_backend(cfg.backend)
     store = open_store(_store_path(cfg))
     todo = list(specs)
     if cfg.shard:
         todo = shard(todo, cfg.shard, key=spec_key)
-    todo = _round_robin(store.pending(todo, key=spec_key))
+    todo = round_robin(store.pending(todo, key=spec_key), key=lambda s: s["type"])
     # one overhead record per input shape that occurs
     shapes = sorted({tuple(s["ops"][0]["input_shapes"][0]) for s in todo if s["ops"][0]["input_shapes"]})
     deadline = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None

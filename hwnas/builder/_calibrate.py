@@ -189,14 +189,15 @@ def zoo_measurements(store_path: Any, pass_id: int = 0) -> dict[str, dict[str, A
     return out
 
 
-def network_sums(predictor: Any, models: Sequence[Any], progress: bool = True) -> list[dict[str, dict]]:
-    """:func:`network_terms` of each zoo network under an uncalibrated ``predictor``."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for m in tqdm(models, desc="predicting networks", disable=not progress):
-        kernels = predictor.kernels(m.build(), "torch", m.input_shape)
-        out.append(network_terms(predictor.kernel_latencies(kernels), kernels))
+def network_sums(predictor: Any, kernel_lists: Sequence[Sequence[Any]]) -> list[dict[str, dict]]:
+    """:func:`network_terms` of each network (given as its kernels) under ``predictor``, in one vectorised
+    :meth:`~hwnas.predictor.LatencyPredictor.kernel_latencies` call."""
+    flat = [k for ks in kernel_lists for k in ks]
+    ms = predictor.kernel_latencies(flat)
+    out, i = [], 0
+    for ks in kernel_lists:
+        out.append(network_terms(ms[i:i + len(ks)], ks))
+        i += len(ks)
     return out
 
 
@@ -219,7 +220,11 @@ def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progres
     models = [m for m in zoo() if m.key in measured]
     if len(models) < 20:
         raise ValueError(f"{store}: only {len(models)} measured zoo networks (pass {pass_id}); at least 20 needed")
-    sums = network_sums(pred, models, progress)
+    from tqdm.auto import tqdm
+
+    kernels = [pred.kernels(m.build(), "torch", m.input_shape)
+               for m in tqdm(models, desc="capturing networks", disable=not progress)]
+    sums = network_sums(pred, kernels)
     y = np.array([float(measured[m.key]["ms"]) for m in models]) - pred.overhead_ms
     cal, report = select_calibration(sums, y, pred.overhead_ms)
     raw_pred = np.array([apply_calibration(None, s) for s in sums])
@@ -232,9 +237,12 @@ def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progres
         "families": sorted({m.family for m in models}), "store": store.name, "pass_id": pass_id,
         "accuracy": {"uncalibrated": error_metrics(raw_pred + pred.overhead_ms, total),
                      "calibrated_5fold_cv": error_metrics(report["cv_predictions"], total),
-                     "forms": [{k: v for k, v in r.items()} for r in report["candidates"]]},
+                     "forms": report["candidates"]},
     })
     meta["calibration"] = cal
+    cv = cal["accuracy"]["calibrated_5fold_cv"]
+    meta["status"] = (f"measured; calibrated on {len(models)} networks end to end: {cv['within_10pct']:.0%} within "
+                      f"±10%, RMSPE {cv['rmspe']:.1%} (5-fold cross-validation)")
     for key in ("schema_version", "files"):
         meta.pop(key, None)
     for spec in meta["kernels"].values():

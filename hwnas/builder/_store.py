@@ -366,6 +366,21 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
+def round_robin(items: Iterable[Any], key: Callable[[Any], str]) -> list:
+    """Interleave items by group (stable within a group), so that work stopped early by a time budget has covered
+    every group: kernels by type in a build, networks by family in a zoo pass."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    queues = list(groups.values())
+    out: list = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
 def shard(items: Iterable[Any], spec: str, key: Callable[[Any], str] | None = None) -> list:
     """The items of shard ``I`` out of ``N``, in their given order.
 

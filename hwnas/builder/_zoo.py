@@ -128,19 +128,6 @@ def zoo_key(model_key: str, pass_id: int) -> str:
     return f"zoo:{model_key}:pass{pass_id}"
 
 
-def _round_robin(models: list[ZooModel]) -> list[ZooModel]:
-    by_family: dict[str, list[ZooModel]] = {}
-    for m in models:
-        by_family.setdefault(m.family, []).append(m)
-    queues = list(by_family.values())
-    out = []
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
-
-
 def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any = None, *, every: int = 1,
                 families: tuple[str, ...] | None = None, time_budget_min: float | None = None,
                 progress: bool = True) -> tuple[int, int]:
@@ -173,7 +160,7 @@ def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any =
 
     from hwnas.builder._backends import get_backend, release_memory
     from hwnas.builder._protocol import DEFAULT_PROTOCOL
-    from hwnas.builder._store import open_store
+    from hwnas.builder._store import open_store, round_robin
 
     protocol = protocol or DEFAULT_PROTOCOL
     models = zoo(families)
@@ -187,7 +174,7 @@ def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any =
         models = kept
     be = get_backend(backend)
     store = open_store(store_path)
-    todo = [m for m in _round_robin(models) if zoo_key(m.key, pass_id) not in store]
+    todo = [m for m in round_robin(models, key=lambda m: m.family) if zoo_key(m.key, pass_id) not in store]
     deadline = time.monotonic() + 60 * time_budget_min if time_budget_min else None
     done = failed = 0
     with store:

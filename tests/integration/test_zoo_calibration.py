@@ -39,7 +39,7 @@ def test_calibration_is_fitted_from_the_store_and_applied_by_the_predictor(tmp_p
     from hwnas.predictor import LatencyPredictor
 
     raw = LatencyPredictor({k: v for k, v in base.metadata.items() if k != "calibration"}, base.regressors)
-    sums = network_sums(raw, models, progress=False)
+    sums = network_sums(raw, [raw.kernels(m.build(), "torch", m.input_shape) for m in models])
     # synthetic "measurements": 25% above the kernel sum, plus the per-call overhead
     with open_store(build / "raw" / "zoo.jsonl") as store:
         for m, s in zip(models, sums):
