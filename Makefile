@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.random_search --threads 1
+	$(PY) -m experiments.random_search --threads 1 --adapt-if-needed 4
 
 demo-predictor: $(STAMP)
 	$(PY) -m experiments.demo

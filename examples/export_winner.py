@@ -24,7 +24,7 @@ args = parser.parse_args()
 
 space = ss.create_space(args.space, input_size=32, num_classes=10, width_mult=0.5)  # in place of a trained supernet
 arch = ss.random_arch(space, seed=0)                                                  # in place of the search's winner
-predictor = load_latency_predictor("torchscript-cpu-xeon")
+predictor = load_latency_predictor("auto")
 
 report = export_subnet(space, arch, out=args.out, predictor=predictor,
                        protocol=QUICK_PROTOCOL)   # quick measurement; drop it for the default protocol

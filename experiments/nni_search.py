@@ -109,7 +109,7 @@ class NniSearchConfig:
     """Everything the NNI launch needs (built from YAML and the command line in :func:`load_config`)."""
 
     space: SpaceSection = field(default_factory=SpaceSection)
-    predictor: str = "torchscript-cpu-xeon"
+    predictor: str = "auto"
     budget: BudgetSection = field(default_factory=BudgetSection)
     strategy: StrategySection = field(default_factory=StrategySection)
     trials: TrialsSection = field(default_factory=TrialsSection)

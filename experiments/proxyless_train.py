@@ -30,8 +30,8 @@ from experiments._cli import add_data_args, parse_with_config
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
-output (OUT): arch.json (the derived architecture), subnet.pt (its state dict: inherited weights, recalibrated
-BatchNorm), subnet_finetuned.pt (with --finetune-epochs), result.json (expected and table latency, target,
+output (OUT): arch.json (the derived architecture, with its space, configuration and input shape), subnet.pt (its
+state dict: inherited weights, recalibrated BatchNorm), subnet_finetuned.pt (with --finetune-epochs), result.json (expected and table latency, target,
 predictor, accuracy, probabilities, settings), model.pt (TorchScript, when hwnas.export is available),
 checkpoints/ (last.ckpt every epoch, on_exception.ckpt on interruption; --resume continues from the newest, and
 resuming a finished run only re-derives, re-evaluates and saves).
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     g.add_argument("--space", default="proxyless", help="search space (%(default)s)")
     g.add_argument("--width-mult", metavar="W", type=float, default=0.35, help="channel width multiplier (%(default)s)")
-    g.add_argument("--predictor", metavar="NAME", default="torchscript-cpu-xeon",
-                   help="latency predictor, embedded name or directory (%(default)s)")
+    g.add_argument("--predictor", metavar="NAME", default="auto",
+                   help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory "
+                        "(%(default)s)")
     g.add_argument("--target-ms", metavar="MS", type=float, default=None,
                    help="target latency on the predictor, ms (default: 30%% of the way from the table's fastest to "
                         "its slowest architecture)")
@@ -201,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 lr=args.lr, seed=args.seed, device=str(device)))
         finetuned = run.accuracy
         torch.save(tuned.cpu().state_dict(), out / "subnet_finetuned.pt")
-    (out / "arch.json").write_text(json.dumps(arch, indent=1) + "\n")
+    from hwnas.export._arch_file import arch_document
+
+    # the architecture with what rebuilds and prices it (space, config, input shape): `hwnas export --arch` reads it
+    (out / "arch.json").write_text(json.dumps(arch_document(args.space, space.config, arch, input_shape=shape),
+                                              indent=1) + "\n")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {
         "arch": arch, "target_ms": target, "expected_ms": expected, "table_ms": table_ms, "predicted_ms": predicted,
@@ -220,9 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_note = "not exported: hwnas.export is not available in this version"
         else:
             report = export_subnet(space, arch, weights=subnet, out=out / "model.pt", input_shape=shape,
-                                   predictor=predictor, measure=False)
-            export_note = f"exported {report.path} ({report.method})"
-            result["export"] = {"path": str(report.path), "method": report.method}
+                                   predictor=predictor, measure=True)
+            from hwnas.export import latency_check
+
+            export_note = f"exported {report.path} ({report.method})\n" + "\n".join(
+                latency_check(report.predicted_ms, report.measured_ms, report.backend, target))
+            result["export"] = {"path": str(report.path), "method": report.method,
+                                "predicted_ms": report.predicted_ms, "measured_ms": report.measured_ms}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
 
     print("\nderived architecture:")

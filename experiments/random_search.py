@@ -53,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     g.add_argument("--space", metavar="NAME", default="proxyless", help="search space: proxyless or spos (%(default)s)")
     g.add_argument("--width-mult", metavar="W", type=float, default=0.35, help="channel width multiplier (%(default)s)")
-    g.add_argument("--predictor", metavar="NAME", default="torchscript-cpu-xeon",
-                   help="latency predictor, embedded name or directory (%(default)s)")
+    g.add_argument("--predictor", metavar="NAME", default="auto",
+                   help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory "
+                        "(%(default)s)")
+    g.add_argument("--adapt-if-needed", metavar="MIN", type=float, default=None,
+                   help="with --predictor auto: when no predictor matches this machine, adapt the closest one first "
+                        "(at most MIN minutes, registered for the next run) instead of searching with another "
+                        "machine's latencies")
     g.add_argument("--budget-ms", metavar="MS", type=float, default=None,
                    help="latency budget, predicted ms (default: the --budget-quantile of the space)")
     g.add_argument("--budget-min-ms", metavar="MS", type=float, default=None, help="optional lower latency bound, ms")
@@ -119,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hwnas.errors import HwnasError
 
     try:
+        if args.adapt_if_needed is not None and str(args.predictor).partition(":")[0] == "auto":
+            from hwnas.builder import ensure_predictor
+
+            args.predictor = ensure_predictor(str(args.predictor).partition(":")[2] or "torchscript-cpu",
+                                              time_budget_min=args.adapt_if_needed)
         cfg = to_config(args)
     except (ValueError, TypeError, HwnasError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -131,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(int(args.threads))
     start = time.perf_counter()
     with warnings.catch_warnings():
-        # NNI's import-time notices about torch classes and the predictor's other-device notice are not news here.
+        # NNI's import-time notices about torch classes are not news here (the predictor's device notices are).
         warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
-        warnings.filterwarnings("ignore", message=".*this machine differs.*")
         try:
             result = run_random_search(cfg, progress=args.progress, fresh=args.force)
         except HwnasError as err:

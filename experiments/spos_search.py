@@ -8,9 +8,10 @@ Phases (Guo et al., "Single Path One-Shot NAS", ECCV 2020, with predicted latenc
    own copy of the weights with BatchNorm statistics recalibrated on training batches before its validation
    accuracy is measured.
 3. Outputs in ``--out``: ``pareto.csv`` (and a printed table) of accuracy vs predicted latency, ``pareto.png``,
-   ``history.csv`` (every candidate), ``search.json``, ``best_arch.json``, ``best_subnet.pt`` (the best
-   architecture's state dict: inherited weights, recalibrated BatchNorm) and, when ``hwnas.export`` is
-   installed, ``best_subnet.torchscript.pt`` with its export report.
+   ``history.csv`` (every candidate), ``search.json``, ``best_arch.json`` (with the space's configuration and
+   input shape, for ``hwnas export --arch``), ``best_subnet.pt`` (the best architecture's state dict: inherited
+   weights, recalibrated BatchNorm) and, when ``hwnas.export`` is installed, ``best_subnet.torchscript.pt``
+   with its export report.
 
     python -m experiments.spos_search --out runs/spos        # digits, 32 px, width 0.25: ~30 min on one CPU core
     python -m experiments.spos_search --config experiments/configs/spos.yaml --out runs/spos --resume
@@ -37,7 +38,7 @@ import torch
 
 from experiments._cli import parse_with_config
 
-DEFAULT_PREDICTOR = "torchscript-cpu-xeon"
+DEFAULT_PREDICTOR = "auto"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/spos", help="output folder (checkpoints in OUT/checkpoints)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("budget")
-    g.add_argument("--predictor", default=DEFAULT_PREDICTOR, help="embedded predictor name or predictor path")
+    g.add_argument("--predictor", default=DEFAULT_PREDICTOR, help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory "
+                        "(%(default)s)")
     g.add_argument("--budget-ms", type=float, help="latency budget, ms (predicted)")
     g.add_argument("--min-ms", type=float, help="optional lower latency bound, ms")
     g.add_argument("--budget-fraction", type=float, default=0.35,
@@ -235,7 +237,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     result.write_csv(out / "history.csv", "history")
     best_net = evaluator.subnet(best.arch).cpu().float()
     torch.save(best_net.state_dict(), out / "best_subnet.pt")
-    (out / "best_arch.json").write_text(json.dumps(best.arch, indent=1) + "\n", encoding="utf-8")
+    from hwnas.export._arch_file import arch_document
+
+    (out / "best_arch.json").write_text(json.dumps(arch_document(  # what `hwnas export --arch` needs
+        "spos", space.config, best.arch, input_shape=(1, 3, args.image_size, args.image_size)), indent=1) + "\n",
+        encoding="utf-8")
     title = (f"SPOS {args.data} width {args.width_mult}: {len(result.history)} candidates, "
              f"{predictor.name}")
     plot_pareto(result, out / "pareto.png", title)
@@ -268,6 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
           f"{best.params} params\n{json.dumps(best.arch)}")
     print(f"train {train_s:.1f} s, search {search_s:.1f} s ({len(result.history)} candidates), "
           f"wall {summary['wall_seconds']:.1f} s; outputs in {out}")
+    if "export" in summary:
+        from hwnas.export import latency_check
+
+        print("\n".join(latency_check(summary["export"].get("predicted_ms"), summary["export"].get("measured_ms"),
+                                     summary["export"].get("backend"), sampler.budget.max_ms)))
     return summary
 
 

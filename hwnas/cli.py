@@ -34,13 +34,23 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
 def cmd_list_predictors(args: argparse.Namespace) -> int:
     from hwnas.predictor import list_latency_predictors
 
+    from hwnas.predictor import adapt_command, user_dir
+
     preds = list_latency_predictors()
     if args.json:
         print(json.dumps(preds, indent=2))
-    elif not preds:
-        print("no embedded predictors")
-    else:
-        print(_table(preds, ["name", "version", "backend", "device", "threads", "batch_size", "precision"]))
+        return 0
+    if not preds:
+        print(f"no predictors installed (embedded or in {user_dir()})")
+        return 0
+    rows = [dict(p, this_machine="yes" if p["matches_this_machine"] else "no",
+                 device=str(p["device"]).split(";")[0]) for p in preds]
+    print(_table(rows, ["name", "backend", "this_machine", "isa", "source", "version", "device"]))
+    for backend in sorted({str(p["backend"]) for p in preds}):
+        if not any(p["matches_this_machine"] for p in preds if p["backend"] == backend):
+            print(f"\nno {backend} predictor matches this machine; 'auto' uses the closest one. Make one for this "
+                  f"machine with: {adapt_command(backend)}")
+    print(f"\nuser predictors: {user_dir()} (set HWNAS_PREDICTORS to use another folder)")
     return 0
 
 
@@ -89,12 +99,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
 
-    p = sub.add_parser("list-predictors", help="list the embedded latency predictors")
+    p = sub.add_parser("list-predictors", help="list the installed latency predictors and which matches this machine")
     p.add_argument("--json", action="store_true", help="print JSON")
     handlers["list-predictors"] = cmd_list_predictors
 
     p = sub.add_parser("predict", help="predict a model's latency (ms)")
-    p.add_argument("--predictor", required=True, help="embedded predictor name or predictor directory")
+    p.add_argument("--predictor", default="auto",
+                   help="auto (the one of this machine; auto:BACKEND for another backend), a predictor name or "
+                        "a predictor directory (%(default)s)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--torchvision", metavar="MODEL", help="a torchvision classification model name")
     src.add_argument("--onnx", metavar="FILE", help="an ONNX file")

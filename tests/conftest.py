@@ -13,3 +13,11 @@ def _torch_threads():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _user_predictors(tmp_path_factory, monkeypatch):
+    """Every test gets an empty user predictor folder: builds and adaptations register there, never into the
+    real ``~/.cache/hwnas/predictors`` (and a predictor the developer registered cannot change a test)."""
+    monkeypatch.setenv("HWNAS_PREDICTORS", str(tmp_path_factory.mktemp("user_predictors")))
+    yield

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     space = ss.create_space("proxyless", input_size=args.image_size, num_classes=10, width_mult=args.width_mult)
-    table = hwnas.LatencyTable.build(space, hwnas.load_latency_predictor("torchscript-cpu-xeon"))
+    table = hwnas.LatencyTable.build(space, hwnas.load_latency_predictor("auto"))
     net = ProxylessSupernet(space, table.labels, table.choices).to(device).train()
     target = 0.5 * (table.min_latency() + table.max_latency())
     losses = {mode: LatencyLoss(table, LatencyLossConfig(target_ms=target, mode=mode)).to(device)

@@ -146,7 +146,7 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
     weight, arch = _data(args)
     pl.seed_everything(0, verbose=False)
     space = _space(args, method)
-    predictor = hwnas.load_latency_predictor("torchscript-cpu-xeon")
+    predictor = hwnas.load_latency_predictor("auto")
     table = hwnas.LatencyTable.build(space, predictor)
     cfg = TrainerConfig(max_epochs=10_000, accelerator="cuda" if device.type == "cuda" else "cpu", progress=False,
                         compile=args.compile, seed=0)

@@ -83,7 +83,7 @@ def main() -> None:
         pred = synthetic_predictor(args.models.split(","), tmp)
     else:
         pred = load_latency_predictor(args.predictor)
-    from hwnas.builder._device import describe, fingerprint
+    from hwnas.device import describe, fingerprint
 
     print(f"device: {describe(fingerprint())}, torch {torch.__version__}, 1 thread, "
           f"predictor {pred.name}")

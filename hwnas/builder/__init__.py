@@ -6,8 +6,10 @@ Public API (everything else is private machinery and may change):
 - :func:`list_backends` — registered backend names (``torchscript-cpu``, ``onnxruntime-cpu``).
 - :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
-- :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured.
+- :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured (from :mod:`hwnas.device`).
 - :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
+- :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
+  transferred from an installed one (``hwnas adapt``).
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module.
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
@@ -50,6 +52,10 @@ _LAZY = {
     "kernel_module": "hwnas.builder._kernel_modules",
     "kernel_spec": "hwnas.builder._kernel_modules",
     "BuildConfig": "hwnas.builder._build",
+    "AdaptConfig": "hwnas.builder._adapt",
+    "AdaptError": "hwnas.builder._adapt",
+    "adapt": "hwnas.builder._adapt",
+    "ensure_predictor": "hwnas.builder._adapt",
     "build": "hwnas.builder._build",
     # store
     "open_store": "hwnas.builder._store",

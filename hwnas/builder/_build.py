@@ -65,6 +65,9 @@ class BuildConfig:
     adaptive_rounds : int
         Rounds of adaptive sampling after the first fit: neighbours of the kernels predicted worst are measured
         and the regressors refitted (:func:`hwnas.builder._sampler.adaptive_specs`).
+    register : bool
+        Register the finished predictor in the user's predictor folder (:func:`hwnas.predictor.register_predictor`),
+        so that ``"auto"`` finds it on this machine.
     calibrate : bool
         After fitting, time the zoo networks end to end (pass 0, ``raw/zoo.jsonl``; about 6 min on
         ``onnxruntime-cpu``) and fit the kernel-type calibration (:mod:`hwnas.builder._calibrate`).
@@ -84,6 +87,7 @@ class BuildConfig:
     in_context: bool = True
     adaptive_rounds: int = 1
     calibrate: bool = True
+    register: bool = True
 
 
 class _Passthrough(nn.Module):
@@ -249,6 +253,12 @@ def build(cfg: BuildConfig, progress: bool = True) -> Path:
         path = fit_predictor(cfg, rules, progress=progress)
     if cfg.calibrate and not cfg.shard:
         calibrate(cfg, progress)
+    if cfg.register and not cfg.shard:
+        from hwnas.predictor import register_predictor
+
+        where = register_predictor(path, replace=True)
+        if progress:
+            print(f"predictor registered for 'auto' at {where}")
     return path
 
 
@@ -303,14 +313,12 @@ def merge_shards(cfg: BuildConfig) -> Path:
     return out
 
 
-def default_name(backend: str) -> str:
-    from hwnas.builder._device import fingerprint
+def default_name(backend: str, fp: dict[str, Any] | None = None) -> str:
+    """``"<backend>-<machine>"`` with what tells machines apart (CPU model, instruction-set level, CPU family and
+    model), e.g. ``"torchscript-cpu-amd-epyc-avx2-f23m1"``: two CPUs that share a model name get two names."""
+    from hwnas.device import fingerprint, short_name
 
-    cpu = str(fingerprint().get("cpu_model", "cpu")).lower()
-    short = "".join(c if c.isalnum() else "-" for c in cpu).strip("-")
-    while "--" in short:
-        short = short.replace("--", "-")
-    return f"{backend}-{short[:40]}"
+    return f"{backend}-{short_name(fp or fingerprint())}"
 
 
 def utc_now() -> str:

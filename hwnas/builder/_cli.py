@@ -12,9 +12,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
                       time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
-                      space_archs=args.space_archs)
+                      space_archs=args.space_archs, register=not args.no_register)
     if args.op_level:   # the op-lookup baseline: every op its own kernel, timed alone
-        cfg.fusion_rules, cfg.in_context = [], False
+        cfg.fusion_rules, cfg.in_context, cfg.register = [], False, False
     if args.op_level or args.no_calibrate:
         cfg.calibrate = False
     cfg.adaptive_rounds = 0 if args.op_level else args.adaptive_rounds
@@ -46,7 +46,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from hwnas.builder._adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(backend=args.backend, out=Path(args.out), source=args.source,
+                      time_budget_min=args.time_budget_min, name=args.name, register=not args.no_register)
+    adapt(cfg)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    p = sub.add_parser("adapt", help="make a predictor for this machine in minutes, from an installed one")
+    p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
+    p.add_argument("--out", required=True, help="output folder (raw probe measurements, predictor/, adapt.json)")
+    p.add_argument("--from", dest="source", default=None, metavar="NAME",
+                   help="predictor to transfer (default: the most similar installed one of the backend)")
+    p.add_argument("--time-budget-min", type=float, default=10.0,
+                   help="wall-clock budget in minutes, fitting included (default %(default)s); rerun to resume")
+    p.add_argument("--name", default=None, help="predictor name (default: <backend>-<machine>-adapted)")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register the predictor in the user's predictor folder for 'auto'")
+    handlers["adapt"] = cmd_adapt
+
     p = sub.add_parser("build", help="measure kernels on a backend and fit a latency predictor")
     p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
     p.add_argument("--out", required=True, help="build directory (raw measurements + predictor/)")
@@ -65,6 +86,8 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     p.add_argument("--calibrate", action="store_true",
                    help="time the zoo networks end to end (resumed) and fit the calibration into OUT/predictor")
     p.add_argument("--no-calibrate", action="store_true", help="fit kernels only, skip the zoo and calibration")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register the predictor in the user's predictor folder for 'auto'")
     p.add_argument("--op-level", action="store_true",
                    help="no fusion, every operator timed in isolation: the op-lookup baseline of the accuracy "
                         "benchmark, not a predictor to deploy")

@@ -201,7 +201,7 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     """Fit every measured kernel type and write ``<out>/predictor``; returns its path."""
     import hwnas
     from hwnas.builder._build import default_name, utc_now
-    from hwnas.builder._device import describe, fingerprint
+    from hwnas.device import describe, fingerprint
     from hwnas.predictor._format import write_predictor
 
     by_type, overhead = _records(cfg)
@@ -211,7 +211,7 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     fp = measuring_fingerprint(Path(cfg.out) / "raw") or fingerprint()
     model_overhead = float(np.median(list(overhead.values()))) if overhead else 0.0
     meta = {
-        "name": cfg.name or default_name(cfg.backend), "version": utc_now()[:10].replace("-", "."),
+        "name": cfg.name or default_name(cfg.backend, fp), "version": utc_now()[:10].replace("-", "."),
         "backend": cfg.backend, "device": {"description": describe(fp), "fingerprint": fp},
         "runtime": {k: fp.get(k) for k in ("torch", "onnxruntime", "numpy") if k in fp} or fp.get("runtimes", {}),
         "threads": cfg.protocol.threads, "batch_size": 1, "precision": "fp32", "units": "ms",

@@ -40,7 +40,7 @@ import warnings
 import zlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from hwnas.builder import _device
+from hwnas import device as _device
 from hwnas.errors import StoreError
 
 STORE_SCHEMA = 1

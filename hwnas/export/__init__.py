@@ -35,6 +35,7 @@ _LAZY = {
     "METADATA_FILE": "hwnas.export._torchscript",
     "METADATA_SCHEMA": "hwnas.export._torchscript",
     "ExportReport": "hwnas.export._report",
+    "latency_check": "hwnas.export._report",
     "ExportError": "hwnas.export._common",
     "export_onnx": "hwnas.export._onnx",
     "OnnxExport": "hwnas.export._onnx",

@@ -112,6 +112,8 @@ class ExportReport:
         rows.append(("measured ms", meas + (f"  ({self.backend})" if self.measured_ms is not None else "")))
         if self.ratio is not None:
             rows.append(("measured / predicted", f"{self.ratio:.2f}"))
+            rows += [("warning", line) for line in latency_check(self.predicted_ms, self.measured_ms,
+                                                                  self.backend)[1:]]
         rows.append(("parity", f"max |diff| {self.parity_max_abs_diff:.1e} <= {self.parity_atol:g} "
                                f"({self.parity_inputs} inputs, outputs up to {self.output_scale:.3g})"))
         if self.onnx_path is not None:
@@ -120,3 +122,29 @@ class ExportReport:
             rows.append(("triton model", self.triton_path))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+#: A measured latency this far from its prediction (relative) is reported as a warning.
+LATENCY_TOLERANCE = 0.10
+
+
+def latency_check(predicted_ms: float | None, measured_ms: float | None, backend: str | None,
+                  budget_ms: float | None = None) -> list[str]:
+    """The comparison a search ends with: one line ``[budget B ms; ]winner predicted P ms, measured M ms
+    (BACKEND, this machine)``, then a warning line when M is more than :data:`LATENCY_TOLERANCE` off P, and one
+    when M is more than that over the budget (both ms)."""
+    head = f"budget {budget_ms:.3f} ms; " if budget_ms is not None else ""
+    if predicted_ms is None or measured_ms is None:
+        return [f"{head}winner predicted {_fmt_ms(predicted_ms)} ms, not measured on this machine"]
+    lines = [f"{head}winner predicted {predicted_ms:.3f} ms, measured {measured_ms:.3f} ms ({backend}, this machine)"]
+    off = measured_ms / predicted_ms - 1
+    if abs(off) > LATENCY_TOLERANCE:
+        from hwnas.predictor import adapt_command
+
+        lines.append(f"warning: the measured latency is {off:+.0%} off the prediction (more than "
+                     f"±{LATENCY_TOLERANCE:.0%}): the predictor does not describe this machine well; make one that "
+                     f"does with: {adapt_command(backend or 'torchscript-cpu')}")
+    if budget_ms is not None and measured_ms > (1 + LATENCY_TOLERANCE) * budget_ms:
+        lines.append(f"warning: the winner measured {measured_ms / budget_ms - 1:+.0%} over the budget of "
+                     f"{budget_ms:.3f} ms on this machine")
+    return lines

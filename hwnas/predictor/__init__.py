@@ -15,77 +15,119 @@ import os
 import warnings
 import weakref
 from collections import OrderedDict
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from hwnas.device import explain_differences, fingerprint, isa_level, same_device
 from hwnas.errors import PredictorFileError, UnknownKernelError
 from hwnas.graph import OpGraph, capture
 from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
 from hwnas.predictor._format import predictor_checksum, read_predictor
+from hwnas.predictor._registry import (AUTO, PredictorEntry, Selection, adapt_command, embedded_dir,
+                                      find_predictors, lookup, register_predictor, select, user_dir)
 from hwnas.predictor._regressors import apply_target
 
-__all__ = ["LatencyPredictor", "list_latency_predictors", "load_latency_predictor", "embedded_dir"]
+__all__ = ["LatencyPredictor", "list_latency_predictors", "load_latency_predictor", "embedded_dir", "user_dir",
+           "register_predictor", "select", "find_predictors", "adapt_command", "DeviceMismatchWarning", "AUTO",
+           "DEFAULT_BACKEND", "PredictorEntry", "Selection", "lookup"]
+
+#: Backend of ``"auto"`` when none is named.
+DEFAULT_BACKEND = "torchscript-cpu"
+
+
+class DeviceMismatchWarning(UserWarning):
+    """A predictor describes another machine than this one (the message names what differs)."""
 
 _CACHE_SIZE = 64
 
 
-def embedded_dir() -> Path:
-    """Folder of the predictors shipped inside the package."""
-    return Path(str(resources.files("hwnas") / "predictors"))
+def list_latency_predictors(backend: str | None = None) -> list[dict[str, Any]]:
+    """Metadata of the installed predictors, embedded and the user's own (no arrays are loaded).
 
-
-def _embedded() -> dict[str, Path]:
-    root = embedded_dir()
-    if not root.is_dir():
-        return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "predictor.json").is_file()}
-
-
-def list_latency_predictors() -> list[dict[str, Any]]:
-    """Metadata of the embedded predictors (no arrays are loaded).
+    Parameters
+    ----------
+    backend : str, optional
+        Only predictors of this backend.
 
     Returns
     -------
     list of dict
-        One per predictor, with ``name``, ``version``, ``backend``, ``device``, ``threads``, ``batch_size``,
-        ``precision``, ``units`` and ``path``.
+        One per predictor, with ``name``, ``version``, ``backend``, ``device``, ``isa`` (instruction-set level of
+        the measuring CPU), ``matches_this_machine`` (its device fingerprint matches this machine's, see
+        :func:`hwnas.device.same_device`), ``source`` (``"embedded"`` or ``"user"``), ``status``, ``threads``,
+        ``batch_size``, ``precision``, ``units`` and ``path``.
     """
+    here = fingerprint()
     out = []
-    for name, path in _embedded().items():
-        with open(path / "predictor.json", encoding="utf-8") as f:
-            meta = json.load(f)
+    for e in find_predictors(backend):
+        meta, fp = e.meta, e.device_fingerprint
         device = meta.get("device", {})
         out.append({
-            "name": meta.get("name", name), "version": meta.get("version"), "backend": meta.get("backend"),
+            "name": e.name, "version": meta.get("version"), "backend": meta.get("backend"),
             "device": device.get("description") if isinstance(device, dict) else device,
-            "threads": meta.get("threads"), "batch_size": meta.get("batch_size"),
-            "precision": meta.get("precision"), "units": meta.get("units", "ms"), "path": str(path),
+            "isa": isa_level(fp) if fp else None, "matches_this_machine": bool(fp) and same_device(fp, here),
+            "source": e.source, "status": meta.get("status"), "threads": meta.get("threads"),
+            "batch_size": meta.get("batch_size"), "precision": meta.get("precision"),
+            "units": meta.get("units", "ms"), "path": str(e.path),
         })
     return out
 
 
-def load_latency_predictor(name_or_path: str | os.PathLike) -> "LatencyPredictor":
-    """Load an embedded predictor by name, or a predictor directory / ``.zip`` by path.
+def load_latency_predictor(name_or_path: str | os.PathLike = AUTO, backend: str | None = None, *,
+                           warn: bool = True) -> "LatencyPredictor":
+    """Load a predictor: ``"auto"`` (the one of this machine), a name, or a predictor directory / ``.zip``.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        ``"auto"`` (or ``"auto:BACKEND"``): the predictor of ``backend`` whose device fingerprint matches this
+        machine, among the embedded ones and the user's (:mod:`hwnas.predictor._registry`); without a match the closest one, with a
+        :class:`DeviceMismatchWarning` that names what differs and the command that adapts it. A name or a path
+        always wins over ``"auto"``.
+    backend : str, optional
+        Backend for ``"auto"`` (default ``"torchscript-cpu"``); with a name or path, the predictor must be of
+        this backend when given.
+    warn : bool
+        Emit the mismatch warning (the message stays in :attr:`LatencyPredictor.selection_note` either way).
 
     Raises
     ------
     PredictorFileError
-        Unknown name, missing path, or a corrupt, tampered or future-schema file.
+        Unknown name, missing path, a name held twice, a predictor of another backend than asked for, or a
+        corrupt, tampered or future-schema file.
     """
-    embedded = _embedded()
     key = os.fspath(name_or_path)
-    if key in embedded:
-        path = embedded[key]
-    elif os.path.exists(key):
-        path = Path(key)
+    note = ""
+    if key == AUTO or key.startswith(AUTO + ":"):
+        named = key.partition(":")[2] or None
+        if named and backend and named != backend:
+            raise PredictorFileError(f"{key!r} asks for backend {named!r}, but backend {backend!r} was given")
+        backend = named or backend
+        sel = select(backend or DEFAULT_BACKEND)
+        path, note = sel.entry.path, sel.message
     else:
-        known = ", ".join(embedded) or "none"
-        raise PredictorFileError(f"no predictor named {key!r} and no such path; embedded predictors: {known}")
+        entry = lookup(key)
+        if entry is not None:
+            path = entry.path
+        elif os.path.exists(key):
+            path = Path(key)
+        else:
+            known = ", ".join(e.name for e in find_predictors()) or "none"
+            raise PredictorFileError(f"no predictor named {key!r} and no such path; installed predictors: {known} "
+                                     f"(or 'auto' for the one of this machine)")
     metadata, regressors = read_predictor(path)
-    return LatencyPredictor(metadata, regressors, path=path)
+    if backend is not None and metadata.get("backend") != backend:
+        raise PredictorFileError(f"predictor {metadata.get('name')!r} ({path}) is for backend "
+                                 f"{metadata.get('backend')!r}, not {backend!r}")
+    pred = LatencyPredictor(metadata, regressors, path=path)
+    pred.selection_note = note
+    if note:
+        pred._device_checked = True   # the selection already said it, once
+        if warn:
+            warnings.warn(note, DeviceMismatchWarning, stacklevel=2)
+    return pred
 
 
 #: Additive calibration terms a predictor understands: term -> kernel feature (None: one per kernel).
@@ -109,6 +151,24 @@ def _read_calibration(cal: Any, name: str) -> tuple[dict[str, float], dict[str, 
         raise PredictorFileError(f"predictor {name!r}: calibration factors must be finite and > 0, terms known, "
                                  f"finite and >= 0, and the intercept finite; got {bad or intercept}")
     return scale, terms, intercept
+
+
+def _read_transfer(tr: Any, name: str) -> tuple[dict[str, tuple[float, float]], tuple[float, float] | None]:
+    """The ``transfer`` entry (written by ``hwnas adapt``): kernel type -> (a, b) with ``ms' = exp(a) * ms ** b``
+    on the regressor's output, and the default pair for types the probe did not measure; checked."""
+    if not tr:
+        return {}, None
+    try:
+        pairs = {str(k): (float(v[0]), float(v[1])) for k, v in dict(tr.get("kernel_types", {})).items()}
+        default = (float(tr["default"][0]), float(tr["default"][1]))
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise PredictorFileError(f"predictor {name!r}: malformed 'transfer' entry ({e})") from None
+    bad = {k: v for k, v in {**pairs, "default": default}.items()
+           if not (np.isfinite(v[0]) and np.isfinite(v[1]) and 0.25 <= v[1] <= 4.0)}
+    if bad:
+        raise PredictorFileError(f"predictor {name!r}: transfer pairs must be finite with an exponent in "
+                                 f"[0.25, 4]; got {bad}")
+    return pairs, default
 
 
 class LatencyPredictor:
@@ -151,6 +211,10 @@ class LatencyPredictor:
         self._module_cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
         self._path_cache: OrderedDict[tuple, list[Kernel]] = OrderedDict()
         self._device_checked = False
+        #: What ``"auto"`` said when it chose this predictor for another machine ("" otherwise).
+        self.selection_note = ""
+        #: Per-kernel-type transfer to another machine (``hwnas adapt``): type -> (log factor, exponent).
+        self.transfer, self.transfer_default = _read_transfer(metadata.get("transfer"), self.name)
 
     # -- identity -------------------------------------------------------------------------------------------------
     @property
@@ -165,17 +229,15 @@ class LatencyPredictor:
         if self._device_checked:
             return
         self._device_checked = True
-        fp = self.metadata.get("device", {}).get("fingerprint") if isinstance(self.metadata.get("device"), dict) else None
+        dev = self.metadata.get("device")
+        fp = dev.get("fingerprint") if isinstance(dev, dict) else None
         if not fp:
             return
-        try:
-            from hwnas.builder._device import fingerprint, same_device
-        except ImportError:
-            return
-        if not same_device(fp, fingerprint()):
-            warnings.warn(f"predictor {self.name!r} was measured on {fp.get('cpu_model', 'another device')}; this "
-                          "machine differs, so predictions describe the predictor's device, not this one",
-                          stacklevel=3)
+        here = fingerprint()
+        if not same_device(fp, here):
+            warnings.warn(f"predictor {self.name!r} describes another machine ({explain_differences(fp, here)}); "
+                          f"its latencies are that machine's, not this one's. Adapt it to this machine with: "
+                          f"{adapt_command(self.backend)}", DeviceMismatchWarning, stacklevel=3)
 
     # -- kernels ----------------------------------------------------------------------------------------------------
     def graph_kernels(self, graph: OpGraph) -> list[Kernel]:
@@ -238,7 +300,11 @@ class LatencyPredictor:
             raw = self.regressors[ktype].predict(x)
             target = spec.get("target", "ms")
             unit = x[:, names.index(spec["unit_feature"])] if target == "log_ms_per_unit" else None
-            ms = apply_target(target, raw, unit) * self.kernel_scale.get(ktype, 1.0)
+            ms = apply_target(target, raw, unit)
+            if self.transfer_default is not None:
+                a, b = self.transfer.get(ktype, self.transfer_default)
+                ms = np.exp(a + b * np.log(np.maximum(ms, 1e-9)))
+            ms = ms * self.kernel_scale.get(ktype, 1.0)
             for term, cost in self.kernel_terms.get(ktype, {}).items():
                 feature = CALIBRATION_TERMS[term]
                 ms = ms + cost * (1.0 if feature is None else

@@ -17,12 +17,13 @@ Layout
 
 A ``.zip`` archive holds the two files at its root or inside one top-level folder.
 
-Metadata schema (``schema_version`` 2; 1 is read too)
+Metadata schema (``schema_version`` 3; 1 and 2 are read too)
 --------------------------------------
 Required (checked on read):
 
 ``schema_version`` : int
-    Format version; :data:`SCHEMA_VERSION` (2: adds the ``log_ms_per_unit`` target and ``calibration``). A larger
+    Format version; :data:`SCHEMA_VERSION` (2: adds the ``log_ms_per_unit`` target and ``calibration``; 3: adds
+    ``transfer``, so that an older hwnas refuses an adapted predictor instead of ignoring its transfer). A larger
     number means a newer hwnas wrote it.
 ``name`` : str
     Predictor name, e.g. ``"torchscript-cpu-xeon8375c-t1"``.
@@ -61,6 +62,10 @@ Descriptive (written by the builder, not required by the reader):
 ``calibration`` : {"kernel_scale": {kernel type: float}, "intercept_ms": float, ...}
     Factors fitted on networks measured end to end (:mod:`hwnas.builder._calibrate`); read and applied by the
     predictor (a malformed entry is a :class:`~hwnas.errors.PredictorFileError`). Schema 2.
+``transfer`` : {"kernel_types": {kernel type: [a, b]}, "default": [a, b], "source": str, ...}
+    Written by ``hwnas adapt``: the regressors describe the source predictor's machine, and each kernel latency
+    ``ms`` they give becomes ``exp(a) * ms ** b`` on this one (``default`` for types the probe did not measure),
+    before the ``calibration``. Schema 3.
 ``accuracy`` : {...}
     Validation report (held-out errors per kernel type, end-to-end model errors).
 ``created`` : str
@@ -95,7 +100,7 @@ from hwnas.predictor._regressors import REGRESSOR_KINDS, TARGETS
 __all__ = ["SCHEMA_VERSION", "write_predictor", "read_predictor", "sha256_file", "predictor_checksum"]
 
 #: Newest metadata schema this hwnas reads and the one it writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _JSON = "predictor.json"
 _NPZ = "regressors.npz"

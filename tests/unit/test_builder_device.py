@@ -2,7 +2,7 @@
 
 import json
 
-from hwnas.builder._device import (DEVICE_KEYS, device_differences, describe, fingerprint, fingerprint_id,
+from hwnas.device import (DEVICE_KEYS, device_differences, describe, fingerprint, fingerprint_id,
                                    relevant_flags, same_device, same_runtime)
 
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from hwnas.builder._backends import Measurement
-from hwnas.builder._device import fingerprint
+from hwnas.device import fingerprint
 from hwnas.builder._protocol import QUICK_PROTOCOL, MeasureProtocol
 from hwnas.builder._store import (StoreError, item_key, merge, open_store, parse_shard, read_records, shard,
                                   shard_index)
@@ -150,8 +150,9 @@ def test_shard_deterministic_and_covering():
     assert shard(items, "0/1") == items
     assert shard_index("conv:{}", 7) == shard_index("conv:{}", 7)
     dicts = [{"cin": c} for c in range(20)]
-    assert sorted(len(shard(dicts, f"{i}/3")) for i in range(3)) and \
-        sum(len(shard(dicts, f"{i}/3")) for i in range(3)) == 20
+    dict_parts = [shard(dicts, f"{i}/3") for i in range(3)]
+    assert all(dict_parts), [len(p) for p in dict_parts]   # 20 dicts over 3 shards: every shard non-empty
+    assert sorted(d["cin"] for p in dict_parts for d in p) == list(range(20))   # a partition: each dict once
 
 
 @pytest.mark.parametrize("bad", ["4/4", "-1/4", "1/0", "a/b", "1", "1/2/3"])

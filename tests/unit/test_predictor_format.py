@@ -77,7 +77,7 @@ def test_round_trip_predicts_identically(pred, regressors):
     for ktype, reg in regressors.items():
         np.testing.assert_array_equal(regs[ktype].predict(_x(ktype)), reg.predict(_x(ktype)))
         assert type(regs[ktype]) is type(reg)
-    assert meta["schema_version"] == SCHEMA_VERSION == 2
+    assert meta["schema_version"] == SCHEMA_VERSION == 3
     assert meta["files"] == {"regressors.npz": sha256_file(pred / "regressors.npz")}
     assert meta["kernels"]["add"]["regressor"] == {"kind": "linear", "prefix": "add"}
     assert meta["kernels"]["conv-bn-relu"]["regressor"]["kind"] == "tree_ensemble"
@@ -191,7 +191,7 @@ def test_corrupt_json(pred, text, match):
 @pytest.mark.parametrize("change, match", [
     (lambda m: m.pop("schema_version"), "'schema_version' is missing"),
     (lambda m: m.update(schema_version="1"), "positive integer"),
-    (lambda m: m.update(schema_version=3), r"written by a newer hwnas \(schema 3 > 2\); upgrade hwnas"),
+    (lambda m: m.update(schema_version=4), r"written by a newer hwnas \(schema 4 > 3\); upgrade hwnas"),
     (lambda m: m.pop("name"), r"required keys missing: \['name'\]"),
     (lambda m: m.pop("backend"), r"required keys missing: \['backend'\]"),
     (lambda m: m.pop("kernels"), r"required keys missing: \['kernels'\]"),

@@ -61,6 +61,7 @@ class FakeTrain:
 
 def _cfg(out, **kw):
     kw.setdefault("trials", 3)
+    kw.setdefault("predictor", "torchscript-cpu-xeon")   # the predictor of the cached table
     return RandomSearchConfig(out_dir=str(out), space_config=dict(SPACE_CONFIG), data=DATA,
                               train=TrainConfig(epochs=1, max_steps=2), **kw)
 
@@ -117,7 +118,8 @@ def test_another_configuration_is_refused_unless_fresh(tmp_path, table_cache):
         _run(_cfg(out, seed=1), table_cache)
     with pytest.raises(StoreError, match=r"train\.lr: was 0\.05, now 0\.1"):
         _run(RandomSearchConfig(out_dir=str(out), space_config=dict(SPACE_CONFIG), data=DATA, trials=3,
-                                train=TrainConfig(epochs=1, max_steps=2, lr=0.1)), table_cache)
+                                predictor="torchscript-cpu-xeon", train=TrainConfig(epochs=1, max_steps=2, lr=0.1)),
+             table_cache)
     fresh, train = _run(_cfg(out, seed=1, trials=2), table_cache, fresh=True)
     assert fresh.resumed == 0 and len(train.calls) == 2 and len(read_trials(out / TRIALS_FILE)) == 2
     assert json.loads((out / CONFIG_FILE).read_text())["seed"] == 1
