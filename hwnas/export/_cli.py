@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import sys
 from typing import Any, Callable
 
 from hwnas.errors import HwnasError
@@ -12,33 +12,62 @@ from hwnas.errors import HwnasError
 
 def read_arch_file(path: str) -> dict[str, str]:
     """An architecture from a JSON file: ``{label: choice}`` or ``{"arch": {label: choice}, ...}``."""
-    try:
-        data: Any = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HwnasError(f"architecture file {path!r} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HwnasError(f"cannot read architecture file {path!r} as JSON: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
-        data = data["arch"]
-    if not (isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values())):
-        raise HwnasError(f"architecture file {path!r} must hold a JSON object label -> choice name "
-                         "(or {\"arch\": {...}})")
-    return {str(k): v for k, v in data.items()}
+    from hwnas.export._arch_file import read_arch_document
+
+    return read_arch_document(path).arch
+
+
+def _note(text: str) -> None:
+    print(f"hwnas export: note: {text}", file=sys.stderr)
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[str, dict[str, str], dict[str, Any], Any]:
+    """(space, arch, config, input shape or None) from the architecture file, the command line overriding.
+
+    A flag that disagrees with what the file records wins, with a note on stderr; a file without settings (an
+    older ``arch.json``) leaves them to the flags, as before.
+    """
+    from hwnas.export._arch_file import read_arch_document
+
+    doc = read_arch_document(args.arch)
+    space, config = doc.space, dict(doc.space_config or {})
+    if args.space is not None:
+        if space is not None and args.space != space:
+            _note(f"--space {args.space} overrides the space {space!r} recorded in {args.arch}; its recorded "
+                  "configuration is not used")
+            config = {}
+        space = args.space
+    if space is None:
+        raise HwnasError(f"{args.arch} records no search space: pass --space (spos, proxyless)")
+    for flag, key in (("--input-size", "input_size"), ("--num-classes", "num_classes"), ("--width-mult", "width_mult")):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in config and config[key] != value:
+            _note(f"{flag} {value} overrides {key}={config[key]} recorded in {args.arch}")
+        config[key] = value
+    shape = tuple(args.input_shape) if args.input_shape is not None else None
+    if shape is not None:
+        if doc.input_shape is not None and shape != doc.input_shape:
+            _note(f"--input-shape {','.join(map(str, shape))} overrides the input shape "
+                  f"{','.join(map(str, doc.input_shape))} recorded in {args.arch}")
+    elif doc.input_shape is not None and (args.input_size is None or (
+            len(doc.input_shape) == 4 and doc.input_shape[2:] == (args.input_size, args.input_size))):
+        shape = doc.input_shape   # unless --input-size changed the side: then 1,3,side,side as before
+    return space, doc.arch, config, shape
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from hwnas.export import export_subnet
 
-    arch = read_arch_file(args.arch)
-    config = {k: v for k, v in (("input_size", args.input_size), ("num_classes", args.num_classes),
-                                ("width_mult", args.width_mult)) if v is not None}
+    space, arch, config, input_shape = resolve_settings(args)
     protocol = None
     if args.quick:
         from hwnas.builder import QUICK_PROTOCOL
 
         protocol = QUICK_PROTOCOL
-    report = export_subnet(args.space, arch, out=args.out, weights=args.weights, config=config,
-                           input_shape=args.input_shape, predictor=args.predictor, onnx=args.onnx,
+    report = export_subnet(space, arch, out=args.out, weights=args.weights, config=config,
+                           input_shape=input_shape, predictor=args.predictor, onnx=args.onnx,
                            triton_repo=args.triton_repo, triton_name=args.triton_name,
                            max_batch_size=args.max_batch_size, measure=args.measure, freeze=args.freeze,
                            protocol=protocol)
@@ -53,9 +82,11 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
                        description="Build the subnet of ARCH, load weights, compile it with torch.jit.script, save "
                                    "it with hwnas metadata, check parity on the file as loaded back, and print a "
                                    "report (parameters, FLOPs, predicted and measured ms, parity).")
-    p.add_argument("--space", required=True, help="registered search space name (spos, proxyless)")
+    p.add_argument("--space", default=None,
+                   help="registered search space name (spos, proxyless); default: the one ARCH.json records")
     p.add_argument("--arch", required=True, metavar="ARCH.json",
-                   help='JSON file: {"s1_b0": "shuffle3", ...} or {"arch": {...}} as written by the searches')
+                   help='JSON file as written by the searches (architecture, space, its configuration, input '
+                        'shape), or just {"s1_b0": "shuffle3", ...}')
     p.add_argument("--weights", metavar="CKPT", default=None,
                    help="subnet or supernet state dict, or a (Lightning) checkpoint; random init when omitted")
     p.add_argument("--out", required=True, metavar="model.pt", help="TorchScript file to write")
@@ -68,10 +99,14 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     p.add_argument("--measure", action="store_true", help="measure the file on the predictor's backend")
     p.add_argument("--quick", action="store_true", help="with --measure: the quick measurement protocol")
     p.add_argument("--freeze", action="store_true", help="torch.jit.freeze the module (inference only)")
-    p.add_argument("--input-size", type=int, default=None, help="space config: input side in pixels")
-    p.add_argument("--num-classes", type=int, default=None, help="space config: number of classes")
-    p.add_argument("--width-mult", type=float, default=None, help="space config: width multiplier")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="space config: input side in pixels (default: recorded in ARCH.json)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="space config: number of classes (default: recorded in ARCH.json)")
+    p.add_argument("--width-mult", type=float, default=None,
+                   help="space config: width multiplier (default: recorded in ARCH.json)")
     p.add_argument("--input-shape", type=_shape, default=None,
-                   help="export input shape, e.g. 1,3,32,32 (default: 1,3,input_size,input_size)")
+                   help="export input shape, e.g. 1,3,32,32 (default: recorded in ARCH.json, else "
+                        "1,3,input_size,input_size)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     handlers["export"] = cmd_export

@@ -7,9 +7,10 @@
   space, budget and units;
 - ``search.png``: validation accuracy against predicted latency for every trial, the top-k highlighted, the best
   starred, the budget as a vertical line;
-- ``best/arch.json`` and ``best/state_dict.pt``: the best network, re-instantiated from its architecture with
-  :func:`search_spaces.build_subnet` and its saved weights loaded strictly (and, given the validation data,
-  re-evaluated: it must reproduce the recorded accuracy);
+- ``best/arch.json`` (the architecture with its space, the space's whole configuration, input shape and
+  classes: all ``hwnas export --arch`` needs) and ``best/state_dict.pt``: the best network, re-instantiated from
+  its architecture with :func:`search_spaces.build_subnet` and its saved weights loaded strictly (and, given the
+  validation data, re-evaluated: it must reproduce the recorded accuracy);
 - ``best/model.pt``: the TorchScript file, through :func:`hwnas.export.export_subnet` when that module is
   available (its parity and predicted/measured latency go into the report).
 
@@ -355,9 +356,12 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     report.best = best
     best_dir = out / "best"
     files["best_arch"] = best_dir / "arch.json"
+    from hwnas.export._arch_file import arch_document
+
+    # Everything `hwnas export --arch best/arch.json` needs: space, its whole configuration, input shape, classes.
     _atomic_write_text(files["best_arch"], json.dumps(
-        {"space": space, "space_config": space_config, "arch": best["arch"], "record": best,
-         "budget": _budget_dict(budget)}, indent=2, default=_json_default) + "\n")
+        arch_document(space, space_config, best["arch"], record=best, budget=_budget_dict(budget)),
+        indent=2, default=_json_default) + "\n")
 
     state, where = _load_weights(weights, int(best["trial"]))
     if state is None:

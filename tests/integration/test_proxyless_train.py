@@ -110,8 +110,11 @@ def test_training_script_end_to_end_on_digits(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     result = json.loads(printed.strip().splitlines()[-1])
-    arch = json.loads((out / "arch.json").read_text())
+    doc = json.loads((out / "arch.json").read_text())
+    arch = doc["arch"]
     assert arch == result["arch"]
+    assert doc["space"] == "proxyless" and doc["input_shape"] == [1, 3, SIDE, SIDE]
+    assert doc["space_config"]["width_mult"] == 0.25 and doc["space_config"]["num_classes"] == 10
     ss.validate_arch(ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25), arch)
     assert result["table_ms"] == pytest.approx(result["predicted_ms"], rel=1e-6)
     assert 0.0 <= result["val_acc"] <= 1.0 and result["steps"] == 12

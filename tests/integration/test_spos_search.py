@@ -28,7 +28,10 @@ def test_spos_search_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     assert summary["steps"] == 3
 
-    arch = json.loads((out / "best_arch.json").read_text())
+    doc = json.loads((out / "best_arch.json").read_text())
+    arch = doc["arch"]
+    assert doc["space"] == "spos" and doc["input_shape"] == [1, 3, 16, 16]
+    assert doc["space_config"]["width_mult"] == 0.25 and doc["space_config"]["num_classes"] == 10
     space = ss.create_space("spos", input_size=16, num_classes=10, width_mult=0.25)
     ss.validate_arch(space, arch)
     predictor = hwnas.load_latency_predictor(spos_search.DEFAULT_PREDICTOR)
