@@ -248,6 +248,24 @@ class _OnnxCapture:
         return finalize(OpGraph(nodes, ["input"], source="onnx"))
 
 
+def onnx_input_shape(model: Any) -> tuple[int, ...] | None:
+    """The static shape of an ONNX model's data input (its first non-initializer input); ``None`` when a dim is
+    dynamic (a symbolic batch, for instance) or the input has no shape."""
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(os.fspath(model)):
+        try:   # the graph only: external weights are not needed for the input's shape
+            model = onnx.load(os.fspath(model), load_external_data=False)
+        except Exception as e:
+            raise CaptureError(f"cannot read ONNX file {os.fspath(model)}: {type(e).__name__}: {e}") from e
+    proto = _load_onnx(model)
+    inits = {i.name for i in proto.graph.initializer}
+    data_inputs = [i for i in proto.graph.input if i.name not in inits]
+    if not data_inputs:
+        raise CaptureError("ONNX graph has no data input")
+    return _dims(data_inputs[0])
+
+
 def capture_onnx(model: Any, input_shape: tuple[int, ...] | None) -> OpGraph:
     """Op graph of an ONNX model (``onnx.ModelProto``, bytes, or a file path)."""
     return _OnnxCapture(_load_onnx(model), input_shape).run()
