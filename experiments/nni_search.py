@@ -403,7 +403,6 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
     with warnings.catch_warnings(), allowlisted_checkpoints(), \
             (loopback_manager() if cfg.engine.name == "training_service" and cfg.platform == "local"
              else contextlib.nullcontext()):
-        warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
         try:
             launch = exp.resume if cfg.resume else exp.run
             if launch(port=port or 8080, wait_completion=True, debug=cfg.engine.debug) is None:

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*")
     import pytorch_lightning as pl
 
     import hwnas

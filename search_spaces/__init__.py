@@ -20,6 +20,10 @@ the same keys.
 
 from __future__ import annotations
 
+from hwnas.nas._compat import quiet_nni_import
+
+quiet_nni_import()   # before NNI's import below: its notices about torch classes are harmless
+
 from ._api import (Slot, arch_to_indices, build_subnet, choices, count_flops, count_params, indices_to_arch,
                    layout, random_arch, validate_arch)
 from ._base import BlockSpec, ChainNet, ChainSpace, SpaceConfig

@@ -19,6 +19,13 @@ called (or entered) by the code that needs it, is idempotent, and has a test tha
   started without a host (or on a wildcard host) listen on ``127.0.0.1``. Only for the ``local`` training service:
   remote machines must reach the manager.
 
+- :func:`quiet_nni_import` — importing ``nni.nas.nn.pytorch`` walks ``torch.nn`` and warns, for every class there
+  that is not a module (``Buffer``, ``LinearCrossEntropyOptions`` on torch 2.14), "... is found to be not a nn.Module,
+  which is unexpected. It means your PyTorch version might not be supported." The classes are not layers and NNI
+  wraps none of them: the notice is harmless and the user cannot act on it. The fix is a warnings filter for
+  exactly that message from NNI's modules, installed by ``import hwnas`` and ``import search_spaces`` (before
+  either imports NNI): the one NNI fix applied at import, because the warning is an import's.
+
 Fixes NNI 3.0 needs elsewhere but hwnas's multi-trial path does not use (so none is kept here): the stock
 ``Classification`` evaluator reusing one Lightning ``Trainer`` under the sequential engine (hwnas trials are a
 :class:`~nni.nas.evaluator.FunctionalEvaluator` over :func:`hwnas.train.train_model`); the one-shot subnet freeze
@@ -30,12 +37,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from hwnas.errors import ArchitectureError
 
-__all__ = ["LOOPBACK", "allowlisted_checkpoints", "checkpoint_safe_globals", "loopback_manager", "plain_arch"]
+__all__ = ["LOOPBACK", "NNI_IMPORT_NOTICE", "allowlisted_checkpoints", "checkpoint_safe_globals", "loopback_manager",
+           "plain_arch", "quiet_nni_import"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -71,6 +80,20 @@ if (!listen.__hwnasLoopback) {
 """ % LOOPBACK
 
 _ACTIVE_ENV = "HWNAS_NNI_LOOPBACK"
+
+#: The message NNI 3.0 warns at import for each ``torch.nn`` class that is not a module (a regex for ``warnings``).
+NNI_IMPORT_NOTICE = (r".* is found to be not a nn\.Module, which is unexpected\. "
+                     r"It means your PyTorch version might not be supported\.")
+
+
+def quiet_nni_import() -> None:
+    """Silence NNI's harmless import-time "is found to be not a nn.Module" notices (and only those).
+
+    Installs a ``warnings`` filter for exactly :data:`NNI_IMPORT_NOTICE`, category ``RuntimeWarning``, raised from
+    NNI's own modules; any other warning, NNI's included, still shows. Imports nothing; idempotent (``warnings``
+    does not add a filter twice).
+    """
+    warnings.filterwarnings("ignore", message=NNI_IMPORT_NOTICE, category=RuntimeWarning, module=r"nni(\.|$)")
 
 
 def plain_arch(sample: Any) -> dict[str, str]:

@@ -143,3 +143,38 @@ def test_allowlisted_checkpoints_load_evolution_state_and_still_refuse_other_cla
     nni_serializer.get_default_serializer().save({"x": _NotAllowed()}, bad)
     with allowlisted_checkpoints(), pytest.raises(pickle.UnpicklingError, match="weights_only"):
         nni_serializer.get_default_serializer().load(bad)
+
+
+# ----- quiet_nni_import -------------------------------------------------------------------------------------------
+def _stderr_of(code: str) -> str:
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_nni_import_warns_without_the_fix_and_hwnas_imports_it_quietly():
+    assert "is found to be not a nn.Module" in _stderr_of("import nni.nas.nn.pytorch")
+    for code in ("import search_spaces", "import hwnas, nni.nas.nn.pytorch",
+                 "from hwnas.cli import main; import sys; sys.argv = ['hwnas', 'export', '--help']\n"
+                 "try:\n    main()\nexcept SystemExit:\n    pass\nimport search_spaces, hwnas.export._subnet"):
+        assert "not a nn.Module" not in _stderr_of(code), code
+
+
+def test_quiet_nni_import_silences_only_nni_s_notice():
+    import warnings
+
+    from hwnas.nas._compat import quiet_nni_import
+
+    notice = ("<class 'torch.nn.parameter.Buffer'> is found to be not a nn.Module, which is unexpected. "
+              "It means your PyTorch version might not be supported.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_nni_import()
+        warnings.warn_explicit(notice, RuntimeWarning, "layers.py", 94, module="nni.nas.nn.pytorch.layers")
+        warnings.warn_explicit(notice, RuntimeWarning, "mine.py", 1, module="mypackage")      # not NNI's
+        warnings.warn_explicit("another NNI warning", RuntimeWarning, "layers.py", 95, module="nni.nas.nn.pytorch")
+    assert [str(w.message) for w in caught] == [notice, "another NNI warning"]
