@@ -9,7 +9,8 @@ anything trains.
 
 Files in ``out_dir``:
 
-- ``config.json``: the search's configuration (what must not change for a resume);
+- ``config.json``: the search's configuration (what must not change for a resume), written when the first trial
+  starts;
 - ``trials.jsonl``: one JSON line per finished trial, ``{"trial", "arch", "default" (accuracy), "latency_ms",
   "flops", "params", "train_loss", "steps", "seconds"}``, appended and flushed as each trial ends;
 - ``trials/<i>.pt``: the trial's trained state dict (only the current top-k are kept unless
@@ -22,7 +23,10 @@ A trial whose training diverges (:class:`FloatingPointError`) is recorded with `
 
 Resuming: running again with the same configuration skips the trials listed in ``trials.jsonl`` and runs the
 rest; ``trials`` may grow. A line torn by a kill (the last one) is dropped; any other unreadable line, or a
-different configuration, is an error unless ``fresh=True`` (which discards the previous results).
+different configuration once a trial has finished, is an error unless ``fresh=True`` (which discards the previous
+results). A folder where no trial finished (a run that failed on its data, its budget, or was stopped in its first
+trial) is not locked: another configuration takes it over. The data is read before the space is priced, so a
+wrong data path fails in seconds.
 """
 
 from __future__ import annotations
@@ -328,7 +332,11 @@ def _prune_weights(weights_dir: Path, records: list[dict[str, Any]], budget: Lat
             (weights_dir / f"{rec['trial']}.pt").unlink(missing_ok=True)
 
 
-def _prepare_out_dir(out: Path, identity: dict[str, Any], fresh: bool) -> None:
+def _prepare_out_dir(out: Path, identity: dict[str, Any], fresh: bool, say: Callable[[str], None]) -> None:
+    """Check that ``out`` may hold this search. A folder is only claimed by the configuration of its finished trials:
+    ``config.json`` is written when the first trial starts (:func:`_write_config`), and a folder whose
+    ``config.json`` has no finished trial behind it (a run that failed or was stopped before any trial ended) is
+    taken over by the new configuration, with a note."""
     cfg_file = out / CONFIG_FILE
     if fresh:
         for name in (CONFIG_FILE, TRIALS_FILE, "topk.json", "search.png"):
@@ -343,12 +351,19 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any], fresh: bool) -> None:
             raise StoreError(f"{cfg_file} is unreadable ({err}); start afresh with --force") from None
         if old != identity:
             diff = _diff(old, identity)
-            raise StoreError(f"{out} holds a search with another configuration ({diff}); resume with the same "
-                             "configuration, pick another out_dir, or discard the old results with --force")
+            if read_trials(out / TRIALS_FILE):
+                raise StoreError(f"{out} holds a search with another configuration ({diff}); resume with the same "
+                                 "configuration, pick another out_dir, or discard the old results with --force")
+            say(f"note: {out} holds no finished trial of its earlier configuration ({diff}): starting this one there")
+            cfg_file.unlink()
     elif (out / TRIALS_FILE).is_file() and read_trials(out / TRIALS_FILE):
         raise StoreError(f"{out / TRIALS_FILE} has trials but {cfg_file} is missing: cannot tell whether they belong "
                          "to this configuration; pick another out_dir or discard them with --force")
-    else:
+
+
+def _write_config(out: Path, identity: dict[str, Any]) -> None:
+    cfg_file = out / CONFIG_FILE
+    if not cfg_file.is_file():
         cfg_file.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
 
 
@@ -387,8 +402,10 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     InfeasibleBudgetError
         No architecture of the space meets the budget, or fewer than ``trials`` distinct ones do (raised before
         any training; only the latency table is written to ``out_dir`` by then).
+    DataError
+        The data cannot be read (raised first, before the space is priced).
     StoreError
-        ``out_dir`` holds a search with another configuration, or a corrupt ``trials.jsonl``.
+        ``out_dir`` holds finished trials of another configuration, or a corrupt ``trials.jsonl``.
     """
     import torch
 
@@ -401,6 +418,8 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     say = log or (lambda _msg: None)
     train_fn = train_fn or train_model
     out = Path(cfg.out_dir)
+    # Cheap checks first: the data is read (a wrong path fails here, in seconds) before the space is priced.
+    train_ds, val_ds = cfg.data.dataset("train"), cfg.data.dataset("val")
     predictor = hwnas.load_latency_predictor(cfg.predictor)
     table = _load_or_build_table(out / TABLE_FILE, cfg, predictor)
     budget = cfg.budget or _quantile_budget(table, cfg.budget_quantile)
@@ -413,7 +432,7 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     identity = cfg.identity()
     identity["predictor_checksum"] = predictor.checksum
     identity["resolved_budget"] = {"max_ms": budget.max_ms, "min_ms": budget.min_ms}
-    _prepare_out_dir(out, identity, fresh)
+    _prepare_out_dir(out, identity, fresh, say)
     trials_file, weights_dir = out / TRIALS_FILE, out / WEIGHTS_DIR
     records = read_trials(trials_file, repair=True)
     done = {r["trial"]: r for r in records}
@@ -429,7 +448,7 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
 
     resumed = len(done)
     if todo:
-        train_ds, val_ds = cfg.data.dataset("train"), cfg.data.dataset("val")
+        _write_config(out, identity)   # from the first trial on, the folder belongs to this configuration
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -478,8 +497,6 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
         finally:
             if bar is not None:
                 bar.close()
-    else:
-        val_ds = cfg.data.dataset("val")
 
     records = sorted(records, key=lambda r: r["trial"])
     report = finish_search(records, space=cfg.space, space_config=cfg.space_config, budget=budget, out_dir=out,

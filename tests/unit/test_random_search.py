@@ -295,3 +295,41 @@ def test_cli_reports_an_infeasible_budget_as_an_error(tmp_path, capsys, table_ca
                      "0.25", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and "error: no architecture meets the latency budget latency <= 0.01 ms" in err
+
+
+# ----- what locks a folder ------------------------------------------------------------------------------------------
+def test_a_wrong_data_path_fails_before_the_space_is_priced(tmp_path, monkeypatch):
+    from hwnas.errors import DataError
+
+    def no_pricing(*args, **kwargs):
+        raise AssertionError("the space was priced before the data was checked")
+
+    monkeypatch.setattr(hwnas, "load_latency_predictor", no_pricing)
+    monkeypatch.setattr(LatencyTable, "build", no_pricing)
+    out = tmp_path / "bad_data"
+    cfg = RandomSearchConfig(out_dir=str(out), space_config=dict(SPACE_CONFIG),
+                             data=DataConfig(name="cifar10", root=str(tmp_path / "nonexistent")), trials=2)
+    with pytest.raises(DataError, match="CIFAR-10 not found"):
+        run_random_search(cfg, progress=False, train_fn=FakeTrain(), log=None)
+    assert not (out / CONFIG_FILE).exists() and not (out / TABLE_FILE).exists()
+
+
+def test_a_folder_without_finished_trials_is_not_locked(tmp_path, table_cache):
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    out = tmp_path / "no_trial"
+    with pytest.raises(Killed):                             # stopped during its first trial: nothing finished
+        _run(_cfg(out), table_cache, train=killed)
+    assert (out / CONFIG_FILE).is_file() and read_trials(out / TRIALS_FILE) == []
+    lines = []
+    path, _ = table_cache
+    shutil.copy(path, out / TABLE_FILE)
+    result = run_random_search(_cfg(out, seed=1), progress=False, train_fn=FakeTrain(), log=lines.append)
+    assert result.ran == [0, 1, 2] and json.loads((out / CONFIG_FILE).read_text())["seed"] == 1
+    assert any("holds no finished trial of its earlier configuration (seed: was 0, now 1)" in line for line in lines)
+    with pytest.raises(StoreError, match=r"seed: was 1, now 2"):   # now a trial has finished: locked
+        _run(_cfg(out, seed=2), table_cache)
