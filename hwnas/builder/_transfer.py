@@ -24,7 +24,7 @@ import numpy as np
 #: ONNX Runtime, AMD EPYC AVX2: bounds 0.6-1.4 put held-out 224 px networks at 0.39 of their latency).
 EXPONENT_BOUNDS = (0.95, 1.05)
 #: Pseudo-observations pulling a type's pair towards the global pair.
-PRIOR_WEIGHT = 4.0
+PRIOR_WEIGHT = 2.0
 #: Probe kernels a type needs for its own pair.
 MIN_KERNELS = 3
 

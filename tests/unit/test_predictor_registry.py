@@ -18,6 +18,11 @@ def _embedded(backend="torchscript-cpu"):
     return [e for e in find_predictors(backend) if e.source == "embedded"]
 
 
+def _built(backend="torchscript-cpu"):
+    """Embedded predictors of a full build (not adapted), all measured on AVX-512 machines."""
+    return [e for e in _embedded(backend) if "transfer" not in e.meta]
+
+
 def _avx2_fingerprint(like):
     fp = dict(like)
     fp["kernel_flags"] = ["avx", "avx2", "f16c", "fma", "sse4_1", "sse4_2"]
@@ -44,15 +49,18 @@ def test_auto_picks_the_predictor_whose_fingerprint_matches(monkeypatch):
 
 
 def test_auto_without_a_match_names_the_difference_and_the_command(monkeypatch):
-    src = _embedded()[0]
-    monkeypatch.setattr(_registry, "fingerprint", lambda: _avx2_fingerprint(src.device_fingerprint))
+    src = _built()[0]
+    here = dict(_avx2_fingerprint(src.device_fingerprint), cpu_signature="family 99 model 9")   # no embedded one
+    monkeypatch.setattr(_registry, "fingerprint", lambda: here)
     sel = select("torchscript-cpu")
     assert not sel.matches
-    assert "avx512 (predictor) vs avx2 (this machine)" in sel.message
     assert "hwnas adapt --backend torchscript-cpu" in sel.message
     assert sel.entry.name in sel.message
-    # the closest: same vendor and model name as the fingerprint we derived from
+    # the closest: same instruction-set level and model name; the message names what still differs
+    assert isa_level(sel.entry.device_fingerprint) == "avx2"
     assert sel.entry.device_fingerprint["cpu_model"] == src.device_fingerprint["cpu_model"]
+    assert "'family 99 model 9' (this machine)" in sel.message
+    assert "avx512 (predictor) vs avx2 (this machine)" in explain_differences(src.device_fingerprint, here)
     with pytest.warns(DeviceMismatchWarning, match="avx2"):
         pred = load_latency_predictor("auto")
     assert pred.selection_note == sel.message
@@ -126,7 +134,7 @@ def test_a_user_predictor_of_this_machine_wins_auto(monkeypatch, tmp_path):
 def test_names_tell_cpus_apart():
     from hwnas.builder._build import default_name
 
-    avx512 = _embedded()[0].device_fingerprint
+    avx512 = _built()[0].device_fingerprint
     avx2 = _avx2_fingerprint(avx512)
     zen3 = dict(avx2, cpu_signature="family 25 model 1")
     names = {default_name("torchscript-cpu", fp) for fp in (avx512, avx2, zen3)}
