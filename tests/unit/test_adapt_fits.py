@@ -33,7 +33,7 @@ def test_transfer_recovers_per_type_factors_and_falls_back_to_the_global_pair():
     for ktype, factor in (("conv", 3.0), ("dwconv", 1.5)):
         a, b = tr["kernel_types"][ktype]
         assert b == pytest.approx(1.0, abs=0.01)   # the pull towards the global pair (2 of 40 kernels)
-        assert math.exp(a) == pytest.approx(factor, rel=0.01)
+        assert math.exp(a) == pytest.approx(factor, rel=0.03)
     assert EXPONENT_BOUNDS[0] <= tr["default"][1] <= EXPONENT_BOUNDS[1]
     assert tr["holdout"]["per_type_rmspe"] < tr["holdout"]["global_rmspe"]
     with pytest.raises(ValueError, match="at least 2"):
