@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from experiments._cli import add_out_dir_arg
 from hwnas.data import DataConfig
 from hwnas.train import TrainConfig
 
@@ -117,7 +118,7 @@ class NniSearchConfig:
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineSection = field(default_factory=EngineSection)
     training_service: dict[str, Any] = field(default_factory=lambda: {"platform": "local"})
-    out: str = "runs/nni_search"
+    out_dir: str = "runs/nni_search"
     top_k: int = 5
     export: bool = True
     measure: bool = True
@@ -162,6 +163,12 @@ _SECTIONS = {"space": SpaceSection, "budget": BudgetSection, "strategy": Strateg
 def config_from_dict(doc: Mapping[str, Any]) -> NniSearchConfig:
     """An :class:`NniSearchConfig` from a nested mapping (a YAML document); unknown keys are an error naming them."""
     top = {f.name for f in dataclasses.fields(NniSearchConfig)}
+    if "out" in doc:   # the old spelling, kept for one release
+        if "out_dir" in doc:
+            raise ValueError("the config sets both out and out_dir; out is the old spelling of out_dir: keep one")
+        print("note: the config key 'out' is deprecated and will be removed in the next release; use 'out_dir'",
+              file=sys.stderr)
+        doc = {("out_dir" if k == "out" else k): v for k, v in doc.items()}
     unknown = sorted(set(doc) - top)
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; valid: {sorted(top)}")
@@ -342,11 +349,11 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
 
     say = print_fn or (lambda _msg: None)
     start = time.perf_counter()
-    out = Path(cfg.out).expanduser()
+    out = Path(cfg.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.resume and not (out / "nni" / cfg.resume / "checkpoint" / "config.json").is_file():
         raise HwnasError(f"cannot resume experiment {cfg.resume!r}: {out / 'nni' / cfg.resume} holds no NNI checkpoint "
-                         "(resume with the --out of the run that created it)")
+                         "(resume with the --out-dir of the run that created it)")
     space_config = cfg.space_config()
     # Data first: a missing path or a malformed dataset fails here (DataError), before anything else is built.
     train_data, val_data = traced_dataset(cfg.data, "train"), traced_dataset(cfg.data, "val")
@@ -494,7 +501,7 @@ def _renumber(previous: list[dict], new: list[dict]) -> list[dict]:
 _SHORTCUTS = {"space": "space.name", "width_mult": "space.width_mult", "strategy": "strategy.name",
               "budget_ms": "budget.max_ms", "trials": "trials.max_trial_number", "concurrency": "trials.concurrency",
               "engine": "engine.name", "port": "engine.port", "epochs": "training.epochs",
-              "max_steps": "training.max_steps", "data": "data.name", "data_root": "data.root", "out": "out",
+              "max_steps": "training.max_steps", "data": "data.name", "data_root": "data.root", "out_dir": "out_dir",
               "seed": "strategy.seed", "resume": "resume", "keep_ui": "engine.keep_ui"}
 
 
@@ -519,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("digits", "cifar10", "imagefolder"))
     p.add_argument("--data-root", metavar="DIR", help="CIFAR-10 or image-folder directory (never downloaded)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", metavar="DIR", help="results folder")
-    p.add_argument("--resume", metavar="EXPERIMENT_ID", help="resume a stopped experiment in the same --out")
+    add_out_dir_arg(p, None, "results folder (default: the config's out_dir, runs/nni_search)")
+    p.add_argument("--resume", metavar="EXPERIMENT_ID", help="resume a stopped experiment in the same --out-dir")
     p.add_argument("--keep-ui", action="store_true", default=None,
                    help="keep the manager and web UI up after the report, until Ctrl-C")
     return p

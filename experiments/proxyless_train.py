@@ -9,7 +9,7 @@ training batches and evaluates it on the validation split (its inherited weights
     python -m experiments.proxyless_train --target-ms 2.0 --loss add#linear --epochs 10
     python -m experiments.proxyless_train --config experiments/configs/proxyless.yaml
     python -m experiments.proxyless_train --data cifar10 --data-root ~/data/cifar10 --devices 2 --compile
-    python -m experiments.proxyless_train --out runs/proxyless --resume   # continue an interrupted run
+    python -m experiments.proxyless_train --out-dir runs/proxyless --resume   # continue an interrupted run
 
 A YAML file given with ``--config`` sets the defaults (keys are the option names, with ``_`` or ``-``); options
 given on the command line win.
@@ -25,15 +25,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments._cli import add_data_args, parse_with_config
+from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
-output (OUT): arch.json (the derived architecture, with its space, configuration and input shape), subnet.pt (its
-state dict: inherited weights, recalibrated BatchNorm), subnet_finetuned.pt (with --finetune-epochs), result.json (expected and table latency, target,
-predictor, accuracy, probabilities, settings), model.pt (TorchScript, when hwnas.export is available),
-checkpoints/ (last.ckpt every epoch, on_exception.ckpt on interruption; --resume continues from the newest, and
-resuming a finished run only re-derives, re-evaluates and saves).
+output (OUT_DIR): arch.json (the derived architecture, with its space, configuration and input shape), subnet.pt
+(its state dict: inherited weights, recalibrated BatchNorm), subnet_finetuned.pt (with --finetune-epochs),
+result.json (expected and table latency, target, predictor, accuracy, probabilities, settings), model.pt
+(TorchScript, when hwnas.export is available), checkpoints/ (last.ckpt every epoch, on_exception.ckpt on
+interruption; --resume continues from the newest, and resuming a finished run only re-derives, re-evaluates and
+saves).
 """
 
 
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.proxyless_train", description=DESCRIPTION,
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="YAML", help="YAML file of option defaults (keys = option names)")
-    p.add_argument("--out", metavar="DIR", default="runs/proxyless", help="results folder (%(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    add_out_dir_arg(p, "runs/proxyless", "results folder (%(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT_DIR/checkpoints")
 
     g = p.add_argument_group("search")
     g.add_argument("--space", default="proxyless", help="search space (%(default)s)")
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hwnas.oneshot._trainer import TrainerConfig, fit, make_loader, resolve_precision
     from hwnas.train import evaluate
 
-    out = Path(args.out)
+    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = DataConfig(name=args.data, root=args.data_root, image_size=args.image_size, batch_size=args.batch_size,
                       num_workers=args.workers, seed=args.seed)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments._cli import add_data_args, parse_with_config
+from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.random_search", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="YAML", help="YAML file of option defaults (keys = option names)")
-    p.add_argument("--out-dir", metavar="DIR", default="runs/random_search",
-                   help="results folder; rerun to resume (%(default)s)")
+    add_out_dir_arg(p, "runs/random_search", "results folder; rerun to resume (%(default)s)")
     p.add_argument("--force", action="store_true", help="discard the results already in OUT_DIR and start over")
 
     g = p.add_argument_group("search")

@@ -7,14 +7,14 @@ Phases (Guo et al., "Single Path One-Shot NAS", ECCV 2020, with predicted latenc
 2. Evolutionary search over the trained supernet, only candidates within the budget; every candidate gets its
    own copy of the weights with BatchNorm statistics recalibrated on training batches before its validation
    accuracy is measured.
-3. Outputs in ``--out``: ``pareto.csv`` (and a printed table) of accuracy vs predicted latency, ``pareto.png``,
+3. Outputs in ``--out-dir``: ``pareto.csv`` (and a printed table) of accuracy vs predicted latency, ``pareto.png``,
    ``history.csv`` (every candidate), ``search.json``, ``best_arch.json`` (with the space's configuration and
    input shape, for ``hwnas export --arch``), ``best_subnet.pt`` (the best architecture's state dict: inherited
    weights, recalibrated BatchNorm) and, when ``hwnas.export`` is installed, ``best_subnet.torchscript.pt``
    with its export report.
 
-    python -m experiments.spos_search --out runs/spos        # digits, 32 px, width 0.25: ~30 min on one CPU core
-    python -m experiments.spos_search --config experiments/configs/spos.yaml --out runs/spos --resume
+    python -m experiments.spos_search --out-dir runs/spos    # digits, 32 px, width 0.25: ~30 min on one CPU core
+    python -m experiments.spos_search --config experiments/configs/spos.yaml --out-dir runs/spos --resume
     python -m experiments.spos_search --data cifar10 --data-root ~/data/cifar10 --devices 4 --budget-ms 3.5 ...
 
 Without ``--budget-ms`` the budget is the fastest latency of the space plus ``--budget-fraction`` (0.4) of its
@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from experiments._cli import parse_with_config
+from experiments._cli import add_out_dir_arg, parse_with_config
 
 DEFAULT_PREDICTOR = "auto"
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.spos_search", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML file of option defaults (keys: long option names with '_')")
-    p.add_argument("--out", default="runs/spos", help="output folder (checkpoints in OUT/checkpoints)")
+    add_out_dir_arg(p, "runs/spos", "output folder (checkpoints in OUT_DIR/checkpoints)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("budget")
     g.add_argument("--predictor", default=DEFAULT_PREDICTOR, help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory "
@@ -118,7 +118,7 @@ def configs(args: argparse.Namespace) -> dict[str, Any]:
     trainer = TrainerConfig(max_epochs=args.epochs, max_steps=args.max_steps, accelerator=args.accelerator,
                             devices=devices, num_nodes=args.num_nodes, strategy=strategy, precision=args.precision,
                             channels_last=not args.no_channels_last, compile=args.compile,
-                            checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume, seed=args.seed,
+                            checkpoint_dir=str(Path(args.out_dir) / "checkpoints"), resume=args.resume, seed=args.seed,
                             progress=not args.no_progress, log_every_n_steps=args.log_every)
     supernet = SupernetConfig(lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                               schedule=args.schedule, warmup_steps=args.warmup_steps, seed=args.seed)
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfgs = configs(args)
     progress = not args.no_progress

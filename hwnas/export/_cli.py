@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from hwnas.errors import HwnasError
@@ -61,6 +62,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hwnas.export import export_subnet
 
     space, arch, config, input_shape = resolve_settings(args)
+    # the command creates the folders it is told to write into (runs/export/...); the library refuses missing ones
+    for target in (args.out, args.onnx, args.triton_repo):
+        if target:
+            Path(target).expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
     protocol = None
     if args.quick:
         from hwnas.builder import QUICK_PROTOCOL
