@@ -57,44 +57,43 @@ def cmd_list_predictors(args: argparse.Namespace) -> int:
 def _input_shape(args: argparse.Namespace, model_type: str, source: str) -> tuple[int, ...]:
     """The input shape to price at: ``--input-shape``, else what the file records, never a silent guess.
 
-    A torchvision model defaults to 1,3,224,224; a TorchScript file to the input shape in its hwnas metadata
-    (``hwnas export``), with a note when ``--input-shape`` disagrees with it; an ONNX file to its input's static
-    dims. Without either, ``--input-shape`` is required.
+    A torchvision model defaults to 1,3,224,224; a TorchScript or ONNX file to the input shape in its hwnas
+    metadata (``hwnas export``), with a note when ``--input-shape`` disagrees with it; an ONNX file without it to
+    its input's static dims. Without either, ``--input-shape`` is required.
     """
     shape = tuple(args.input_shape) if args.input_shape is not None else None
     text = lambda s: ",".join(map(str, s))  # noqa: E731
     if model_type == "torch":
         return shape or (1, 3, 224, 224)
+    if not os.path.isfile(source):
+        raise HwnasError(f"{'TorchScript' if model_type == 'torchscript' else 'ONNX'} file not found: {source}")
+    static = None
     if model_type == "torchscript":
         from hwnas.export import ExportError, read_metadata
 
-        if not os.path.isfile(source):
-            raise HwnasError(f"TorchScript file not found: {source}")
         try:
             recorded = read_metadata(source).get("input_shape")
         except ExportError:   # not written by hwnas export (or unreadable: the capture says why)
             recorded = None
         recorded = tuple(int(s) for s in recorded) if recorded else None
-        if shape is None:
-            if recorded is None:
-                raise HwnasError(f"{source} records no input shape (no hwnas export metadata): pass --input-shape, "
-                                 "e.g. --input-shape 1,3,224,224")
-            return recorded
+    else:
+        from hwnas.graph._onnx import onnx_input_shapes
+
+        static, recorded = onnx_input_shapes(source)
+    if shape is not None:
         if recorded is not None and shape != recorded:
             print(f"hwnas predict: note: --input-shape {text(shape)} overrides the input shape {text(recorded)} "
                   f"recorded in {source}", file=sys.stderr)
-        return shape
-    if shape is not None:
         return shape   # an ONNX input fixed to other dims is refused by the capture, naming both
-    from hwnas.graph._onnx import onnx_input_shape
-
-    if not os.path.isfile(source):
-        raise HwnasError(f"ONNX file not found: {source}")
-    static = onnx_input_shape(source)
-    if static is None:
-        raise HwnasError(f"the input of {source} has dynamic dimensions: pass --input-shape, e.g. "
-                         "--input-shape 1,3,224,224")
-    return static
+    if recorded is not None:
+        return recorded
+    if static is not None:
+        return static
+    if model_type == "torchscript":
+        raise HwnasError(f"{source} records no input shape (no hwnas export metadata): pass --input-shape, "
+                         "e.g. --input-shape 1,3,224,224")
+    raise HwnasError(f"the input of {source} has dynamic dimensions and no recorded input shape: pass "
+                     "--input-shape, e.g. --input-shape 1,3,224,224")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -156,8 +155,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     src.add_argument("--onnx", metavar="FILE", help="an ONNX file")
     src.add_argument("--torchscript", metavar="FILE", help="a TorchScript file")
     p.add_argument("--input-shape", type=_shape, default=None,
-                   help="e.g. 1,3,224,224 (default: 1,3,224,224 for --torchvision; for --torchscript the shape "
-                        "recorded by hwnas export, for --onnx the file's static input dims; required otherwise)")
+                   help="e.g. 1,3,224,224 (default: 1,3,224,224 for --torchvision; for --torchscript and --onnx the "
+                        "shape hwnas export recorded in the file, else an ONNX file's static input dims; required "
+                        "otherwise)")
     p.add_argument("--per-kernel", action="store_true", help="print one row per kernel")
     p.add_argument("--json", action="store_true", help="print JSON")
     handlers["predict"] = cmd_predict

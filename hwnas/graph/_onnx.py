@@ -248,9 +248,15 @@ class _OnnxCapture:
         return finalize(OpGraph(nodes, ["input"], source="onnx"))
 
 
-def onnx_input_shape(model: Any) -> tuple[int, ...] | None:
-    """The static shape of an ONNX model's data input (its first non-initializer input); ``None`` when a dim is
-    dynamic (a symbolic batch, for instance) or the input has no shape."""
+def onnx_input_shapes(model: Any) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """(the static shape of an ONNX model's data input, the input shape its hwnas metadata records).
+
+    The data input is the first non-initializer input; its shape is ``None`` when a dim is dynamic (a symbolic
+    batch, for instance). The recorded shape is the ``input_shape`` of the ``metadata_props`` entry ``hwnas``
+    (files written by ``hwnas export``), ``None`` without one.
+    """
+    import json
+
     import onnx
 
     if isinstance(model, (str, os.PathLike)) and os.path.isfile(os.fspath(model)):
@@ -263,7 +269,16 @@ def onnx_input_shape(model: Any) -> tuple[int, ...] | None:
     data_inputs = [i for i in proto.graph.input if i.name not in inits]
     if not data_inputs:
         raise CaptureError("ONNX graph has no data input")
-    return _dims(data_inputs[0])
+    recorded = None
+    for entry in proto.metadata_props:
+        if entry.key == "hwnas":
+            try:
+                shape = json.loads(entry.value).get("input_shape")
+            except (ValueError, AttributeError):
+                shape = None
+            if isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape):
+                recorded = tuple(shape)
+    return _dims(data_inputs[0]), recorded
 
 
 def capture_onnx(model: Any, input_shape: tuple[int, ...] | None) -> OpGraph:

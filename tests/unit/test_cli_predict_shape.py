@@ -1,7 +1,7 @@
 """``hwnas predict``: the input shape comes from the file, never from a silent 224 px guess (issue 18, item 2).
 
-A TorchScript file written by hwnas records its input shape in its metadata; an ONNX file may fix its input
-dims. Without either, ``--input-shape`` is required, and a flag that disagrees with the recorded shape wins
+A TorchScript or ONNX file written by hwnas records its input shape in its metadata; an ONNX file may also fix
+its input dims. Without either, ``--input-shape`` is required, and a flag that disagrees with the recorded shape wins
 with a note.
 """
 
@@ -34,7 +34,7 @@ def _predict(capsys, *argv):
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict_shape")
     net = _net()
-    export_torchscript(net, tmp / "hwnas.pt", (1, 3, 20, 20), measure=False)
+    export_torchscript(net, tmp / "hwnas.pt", (1, 3, 20, 20), measure=False, onnx=tmp / "hwnas.onnx")
     torch.jit.save(torch.jit.script(net), str(tmp / "plain.pt"))
     x = torch.zeros(1, 3, 20, 20)
     with warnings.catch_warnings():
@@ -75,6 +75,18 @@ def test_onnx_static_dims_are_used_dynamic_ones_need_the_shape(files, capsys):
     assert code == 0 and dyn["input_shape"] == [1, 3, 20, 20] and dyn["latency_ms"] == out["latency_ms"]
     code, _, err = _predict(capsys, "--onnx", str(files / "missing.onnx"))
     assert code == 2 and "not found" in err
+
+
+def test_onnx_written_by_hwnas_uses_its_recorded_shape(files, capsys):
+    import onnx
+
+    batch = onnx.load(str(files / "hwnas.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value                      # a dynamic batch, for Triton
+    code, out, err = _predict(capsys, "--onnx", str(files / "hwnas.onnx"))
+    assert code == 0, err
+    assert out["input_shape"] == [1, 3, 20, 20]
+    code, out, err = _predict(capsys, "--onnx", str(files / "hwnas.onnx"), "--input-shape", "2,3,20,20")
+    assert code == 0 and out["input_shape"] == [2, 3, 20, 20] and "overrides the input shape 1,3,20,20" in err
 
 
 def test_torchvision_keeps_its_224_default(capsys):
