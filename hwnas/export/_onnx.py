@@ -3,6 +3,10 @@
 Legacy TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17), the one the
 ``onnxruntime-cpu`` measurement backend uses; input ``input``, output ``output`` (``output_<i>`` for several
 outputs), dynamic batch dimension. The hwnas metadata is stored as the model's ``metadata_props`` entry ``hwnas``.
+Constants are not folded, so BatchNorm stays a node of its own (ONNX Runtime folds it into the convolution when it
+loads the file): the file's op graph is the network's, and ``hwnas predict --onnx`` prices it with the same kernels
+(``conv-bn-relu6``...) as the module itself. A folded graph has BatchNorm-free kernels (``conv-relu6``) that the
+embedded predictors have no regressor for.
 
 Limitations
 -----------
@@ -109,7 +113,7 @@ def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int],
             with quiet_deprecations(), torch.no_grad():
                 torch.onnx.export(model, (inputs[0],), tmp, dynamo=False, opset_version=int(opset),
                                   input_names=["input"], output_names=output_names, dynamic_axes=dynamic_axes,
-                                  do_constant_folding=True)
+                                  do_constant_folding=False)   # BatchNorm kept: see the module docstring
         except Exception as e:  # noqa: BLE001 - named and chained
             raise ExportError(f"torch.onnx.export failed for {str(out)!r}: {first_line(e)}") from e
         proto = onnx.load(tmp)
