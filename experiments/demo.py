@@ -1,9 +1,10 @@
-"""The README's main job (until the multi-trial search lands): latency prediction on the embedded default.
+"""``make demo-predictor``: the embedded predictor on torchvision models and random subnets, predicted vs measured.
 
-Loads the embedded ``torchscript-cpu`` predictor, predicts torchvision models and random subnets of the SPOS and
-ProxylessNAS spaces, and measures three of them on this machine with the same backend, side by side, so the
-printout shows predicted and measured milliseconds together. While no embedded predictor ships, it shows the
-captured graphs, kernels and measured latencies instead (and says so).
+Loads an installed ``torchscript-cpu`` predictor (or ``--predictor``), predicts torchvision models and random
+subnets of the SPOS and ProxylessNAS spaces, and measures three of them on this machine with the same backend, side
+by side, so the printout shows predicted and measured milliseconds together. (The README's main job is the random
+multi-trial search, ``make demo``: ``python -m experiments.random_search``.) With no predictor installed it shows
+the captured graphs, kernels and measured latencies instead, and says so.
 
     python -m experiments.demo [--predictor NAME] [--no-measure]
 """
