@@ -320,7 +320,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
     #    refitted on all networks
     fp = fingerprint()
     overhead = float(be.measure(_Passthrough(), (1, 3, 128, 128), cfg.protocol).ms)
-    name = cfg.name or f"{default_name(be.name, fp)}-adapted"
+    name = cfg.name or _free_name(f"{default_name(be.name, fp)}-adapted")
     meta = {k: v for k, v in source.metadata.items() if k not in ("calibration", "transfer", "schema_version",
                                                                   "files", "status", "accuracy")}
     meta["kernels"] = {t: {k: v for k, v in spec.items() if k != "regressor"} for t, spec in meta["kernels"].items()}
@@ -398,6 +398,16 @@ FORMS = ("global", "global+source", "global+refit", "global+source+refit", "kern
 SELECTABLE = ("global+refit", "kernels+refit")
 #: The form used when too few probe networks were measured to refit a calibration.
 SIMPLEST_FORM = "global+source"
+
+
+def _free_name(name: str) -> str:
+    """``name``, or ``name`` with today's date when an embedded predictor already has it (a user's own earlier
+    adaptation of the same name is replaced, not renamed)."""
+    from hwnas.builder._build import utc_now
+    from hwnas.predictor import lookup
+
+    entry = lookup(name)
+    return name if entry is None or entry.source == "user" else f"{name}-{utc_now()[:10].replace('-', '')}"
 
 
 def choose_form(forms: Mapping[str, Mapping[str, float]]) -> str:

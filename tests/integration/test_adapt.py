@@ -14,7 +14,7 @@ import pytest
 from hwnas.builder import Measurement, MeasureProtocol
 from hwnas.builder._adapt import AdaptConfig, AdaptError, adapt, probe_networks
 from hwnas.graph import capture
-from hwnas.predictor import load_latency_predictor, lookup
+from hwnas.predictor import find_predictors, load_latency_predictor, lookup
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +99,9 @@ def test_adapt_recovers_a_known_distortion(tmp_path):
         truth = be.true_ms(net, (1, 3, 224, 224))
         assert pred.predict(net, "torch", (1, 3, 224, 224)) == pytest.approx(truth, rel=0.10), name
     assert rep["heldout"]["adapted"]["within_10pct"] == 1.0
-    # registered for 'auto' in the user's folder
+    # registered for 'auto' in the user's folder, under a name no embedded predictor has
     assert lookup(rep["name"]).source == "user"
+    assert rep["name"] not in {e.name for e in find_predictors() if e.source == "embedded"}
 
 
 def test_adapt_resumes_after_an_interruption(tmp_path):
