@@ -99,8 +99,9 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
     p.add_argument("--triton-repo", metavar="DIR", default=None, help="also write a Triton model repository entry")
     p.add_argument("--triton-name", default=None, help="Triton model name (default: from --out)")
     p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (0: no batching)")
-    p.add_argument("--predictor", default=None, metavar="NAME",
-                   help="latency predictor (embedded name or directory): stores the predicted ms in the file")
+    p.add_argument("--predictor", default="auto", metavar="NAME",
+                   help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory; "
+                        "stores the predicted ms in the file (%(default)s)")
     p.add_argument("--measure", action="store_true", help="measure the file on the predictor's backend")
     p.add_argument("--quick", action="store_true", help="with --measure: the quick measurement protocol")
     p.add_argument("--freeze", action="store_true", help="torch.jit.freeze the module (inference only)")

@@ -99,7 +99,7 @@ class RandomSearchConfig:
     out_dir: str = "runs/random_search"
     space: str = "proxyless"
     space_config: dict[str, Any] = field(default_factory=lambda: {"width_mult": 0.35})
-    predictor: str = "torchscript-cpu-xeon"
+    predictor: str = "auto"
     budget: LatencyBudget | None = None
     budget_quantile: float = 0.5
     trials: int = 8

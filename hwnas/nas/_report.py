@@ -67,6 +67,8 @@ class SearchReport:
         What could not be done and why (no weights, export unavailable or failed).
     n_trials, n_within_budget : int
         Trials reported, and those within the budget with a finite accuracy.
+    budget : LatencyBudget or None
+        The search's budget (ms); the summary compares the winner's measured latency with it.
     """
 
     out_dir: Path
@@ -79,6 +81,7 @@ class SearchReport:
     notes: list[str] = field(default_factory=list)
     n_trials: int = 0
     n_within_budget: int = 0
+    budget: Any = None
 
     def summary(self) -> str:
         """The table followed by where every file is, as printed at the end of a search."""
@@ -88,19 +91,20 @@ class SearchReport:
                          f"predicted latency {self.best['latency_ms']:.3f} ms")
         if self.reload_accuracy is not None:
             lines.append(f"best network reloaded from its weights: accuracy {self.reload_accuracy:.4f}")
-        if self.export is not None:
-            exp = self.export
-            measured = getattr(exp, "measured_ms", None)
+        exp = self.export
+        if exp is not None:
             lines.append(f"exported {getattr(exp, 'path', '?')} ({getattr(exp, 'method', '?')}; parity max |diff| "
-                         f"{getattr(exp, 'parity_max_abs_diff', float('nan')):.2e}; predicted "
-                         f"{_fmt(getattr(exp, 'predicted_ms', None))} ms, measured {_fmt(measured)} ms)")
+                         f"{getattr(exp, 'parity_max_abs_diff', float('nan')):.2e})")
+        if self.best is not None:   # the winner against its measurement on this machine, always one line
+            from hwnas.export import latency_check
+
+            predicted = getattr(exp, "predicted_ms", None) if exp is not None else None
+            lines += latency_check(predicted if predicted is not None else self.best.get("latency_ms"),
+                                   getattr(exp, "measured_ms", None), getattr(exp, "backend", None),
+                                   getattr(self.budget, "max_ms", None))
         lines += [f"{name}: {path}" for name, path in self.files.items()]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
 
 
 # -- ranking and formatting ----------------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
           title or f"{space}: {len(recs)} trials, {len(ranked)} within budget ({budget})")
 
     report = SearchReport(out_dir=out, top=top, table=format_table(top), files=files, n_trials=len(recs),
-                          n_within_budget=len(ranked), notes=notes)
+                          n_within_budget=len(ranked), notes=notes, budget=budget)
     if not top:
         notes.append(f"no trial is within the budget {budget}: no best network")
         _emit(report, print_fn)

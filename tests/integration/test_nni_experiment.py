@@ -81,6 +81,9 @@ def test_sequential_engine_runs_three_trials_reports_full_dicts_and_resumes(tmp_
     assert (out / "search.png").stat().st_size > 0 and (out / "best" / "arch.json").is_file()
     state = torch.load(out / "best" / "state_dict.pt", weights_only=True)
     assert state and result.report.reload_accuracy == top[0]["default"]
+    # the NNI launch ends like the random search: the winner's prediction against its measurement, one line
+    winner = [line for line in result.report.summary().splitlines() if "; winner predicted " in line]
+    assert len(winner) == 1 and winner[0].startswith(f"budget {result.report.budget.max_ms:.3f} ms")
 
     # Resume the stopped experiment (NNI's checkpoint load needs allowlisted_checkpoints) for one more trial.
     more = _cfg(out, trials={"max_trial_number": 4}, resume=result.experiment_id)
