@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 SOURCE = "onnxruntime-cpu-amd-epyc-avx512"
 FAMILIES = ("mobilenet_v2", "resnet")
+SMALL = ("mobilenet_v2",)   # 8 probe networks: enough to exercise resume and budgets, quicker
 OVERHEAD_MS = 0.05
 
 
@@ -105,13 +106,13 @@ def test_adapt_recovers_a_known_distortion(tmp_path):
 
 
 def test_adapt_resumes_after_an_interruption(tmp_path):
-    n_nets = len(probe_networks(FAMILIES))
+    n_nets = len(probe_networks(SMALL))
     be = FakeBackend(fail_after=5)
     with pytest.raises(KeyboardInterrupt):
-        adapt(AdaptConfig(backend=be, out=tmp_path / "r", source=SOURCE, time_budget_min=30, families=FAMILIES,
+        adapt(AdaptConfig(backend=be, out=tmp_path / "r", source=SOURCE, time_budget_min=30, families=SMALL,
                           register=False), progress=False, log=None)
     again = FakeBackend()
-    rep = adapt(AdaptConfig(backend=again, out=tmp_path / "r", source=SOURCE, time_budget_min=30, families=FAMILIES,
+    rep = adapt(AdaptConfig(backend=again, out=tmp_path / "r", source=SOURCE, time_budget_min=30, families=SMALL,
                             register=False), progress=False, log=None)
     assert rep["n_networks"] == n_nets
     # the five networks measured before the interruption are not measured again
@@ -122,7 +123,7 @@ def test_adapt_resumes_after_an_interruption(tmp_path):
 def test_a_tiny_budget_says_it_had_too_few_measurements(tmp_path):
     with pytest.raises(AdaptError, match="no probe network could be measured within"):
         adapt(AdaptConfig(backend=FakeBackend(), out=tmp_path / "t", source=SOURCE, time_budget_min=1e-5,
-                          families=FAMILIES, register=False), progress=False, log=None)
+                          families=SMALL, register=False), progress=False, log=None)
 
 
 def test_the_budget_stops_measuring_and_still_writes_a_predictor(tmp_path, monkeypatch):
@@ -130,11 +131,11 @@ def test_the_budget_stops_measuring_and_still_writes_a_predictor(tmp_path, monke
 
     monkeypatch.setattr(ad, "KERNEL_SHARE", -ad.NETWORK_SHARE)   # the kernel deadline is the start: none measured
     be = FakeBackend()
-    rep = adapt(AdaptConfig(backend=be, out=tmp_path / "b", source=SOURCE, time_budget_min=30, families=FAMILIES,
+    rep = adapt(AdaptConfig(backend=be, out=tmp_path / "b", source=SOURCE, time_budget_min=30, families=SMALL,
                             register=False), progress=False, log=None)
     assert rep["n_kernels"] == 0
     meta = json.loads((tmp_path / "b" / "predictor" / "predictor.json").read_text())
     assert meta["transfer"]["kernel_types"] == {}
     pred = load_latency_predictor(rep["predictor"])
-    m = probe_networks(FAMILIES)[0]
+    m = probe_networks(SMALL)[0]
     assert pred.predict(m.build(), "torch", m.input_shape) > 0
