@@ -31,7 +31,7 @@ def test_zoo_pass_measures_a_subset_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_calibration_is_fitted_from_the_store_and_applied_by_the_predictor(tmp_path):
     build = tmp_path / "build"
-    shutil.copytree(embedded_dir() / "onnxruntime-cpu-amd-epyc", build / "predictor")
+    shutil.copytree(load_latency_predictor("onnxruntime-cpu-amd-epyc").path, build / "predictor")   # alias
     (build / "raw").mkdir()
     models = [m for m in zoo(("squeezenet", "mobilenet_v2"))][::3][:24]
     base = load_latency_predictor(build / "predictor")
