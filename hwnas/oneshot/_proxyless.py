@@ -363,7 +363,8 @@ class ProxylessModule(pl.LightningModule):
         if isinstance(loader, ProxylessBatches):
             loader.to(self.trainer.strategy.root_device)
             if self.trainer.fit_loop.restarted_mid_epoch:
-                loader.skip(self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+                # processed, not completed: see hwnas.oneshot._trainer._Harness.on_train_start
+                loader.skip(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         self.supernet.refresh_host_probs()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -416,7 +416,9 @@ class _Harness(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loop = trainer.fit_loop
         if loop.restarted_mid_epoch:
-            done = loop.epoch_loop.batch_progress.current.completed
+            # processed, not completed: a step checkpoint is written in on_train_batch_end, before Lightning counts
+            # its batch completed (completed lags by one there; an exception checkpoint has both equal)
+            done = loop.epoch_loop.batch_progress.current.processed
             for loader in _train_loaders(trainer):
                 if isinstance(loader, ResidentLoader):
                     loader.skip(done)

@@ -1,5 +1,5 @@
-"""ProxylessNAS end to end on CPU, small: resume equivalence, weights_only checkpoints, lambda through Lightning,
-and the training script on digits."""
+"""ProxylessNAS end to end on CPU, small: a SIGKILLed run resumed from ``last.ckpt`` ends bit-identical to an
+uninterrupted one, weights_only checkpoints, lambda through Lightning, and the training script on digits."""
 
 from __future__ import annotations
 
@@ -13,38 +13,36 @@ from torch.utils.data import TensorDataset
 import hwnas
 import search_spaces as ss
 from hwnas.data import digits
+from hwnas.export import read_metadata
 from hwnas.nas._latency_loss import LatencyLossConfig
 from hwnas.oneshot._proxyless import ProxylessBatches, ProxylessModule, ProxylessSearchConfig
 from hwnas.oneshot._trainer import TrainerConfig, fit, make_loader
+from tests._kill import run_killed
 
 pytestmark = pytest.mark.slow
 SIDE = 16
 
 
-@pytest.fixture(scope="module")
-def table(tmp_path_factory):
+def _table(cache_dir=None):
     space = ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25)
-    return hwnas.LatencyTable.build(space, hwnas.load_latency_predictor("torchscript-cpu-xeon"),
-                                    cache_dir=tmp_path_factory.mktemp("tables"))
+    return hwnas.LatencyTable.build(space, hwnas.load_latency_predictor("torchscript-cpu-xeon"), cache_dir=cache_dir)
 
 
-@pytest.fixture(scope="module")
-def data():
+def _data():
     train = digits("train", image_size=SIDE)
     x, y = train.tensors
     return (TensorDataset(x[:256], y[:256]), TensorDataset(x[256:384], y[256:384]),
             digits("val", image_size=SIDE))
 
 
-class Interrupt(pl.Callback):
-    """Raises at the start of the given global step (a killed run)."""
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return _table(tmp_path_factory.mktemp("tables"))
 
-    def __init__(self, at: int):
-        self.at = at
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.at:
-            raise RuntimeError("interrupted for the test")
+@pytest.fixture(scope="module")
+def data():
+    return _data()
 
 
 class Count(pl.Callback):
@@ -57,7 +55,8 @@ class Count(pl.Callback):
         self.batches += 1
 
 
-def run(table, data, folder=None, resume=False, callbacks=(), lam=1.0, epochs=3, mode="two", max_steps=None):
+def run(table, data, folder=None, resume=False, callbacks=(), lam=1.0, epochs=3, mode="two", max_steps=None,
+        every=None):
     weight, arch, val = data
     pl.seed_everything(0, verbose=False)
     space = ss.create_space("proxyless", input_size=SIDE, num_classes=10, width_mult=0.25)
@@ -67,21 +66,33 @@ def run(table, data, folder=None, resume=False, callbacks=(), lam=1.0, epochs=3,
     batches = ProxylessBatches(make_loader(weight, 32, train=True, seed=0), make_loader(arch, 32, train=True, seed=1),
                                arch_every=2, warmup_epochs=1)
     trainer_cfg = TrainerConfig(max_epochs=epochs, max_steps=max_steps, accelerator="cpu", progress=False,
-                                checkpoint_dir=None if folder is None else str(folder), resume=resume)
+                                checkpoint_dir=None if folder is None else str(folder), resume=resume,
+                                checkpoint_every_n_steps=every)
     trainer = fit(module, batches, make_loader(val, 128, train=False), trainer_cfg, callbacks=callbacks)
     return module, trainer
 
 
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(table, data, tmp_path):
-    full, full_trainer = run(table, data, tmp_path / "full")
-    # 8 batches per epoch, warm-up epoch 0: killed in the middle of epoch 1, after 4 architecture steps.
-    with pytest.raises(RuntimeError, match="interrupted"):
-        run(table, data, tmp_path / "killed", callbacks=[Interrupt(13)])
-    ckpt = torch.load(tmp_path / "killed" / "on_exception.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 13 and "generator" in ckpt["proxyless"]
+#: 8 batches per epoch, 3 epochs, warm-up epoch 0. ``last.ckpt`` at the end of each epoch and every 4 steps; the run
+#: is SIGKILLed at the start of step 14 (mid epoch 1, after architecture steps), so the newest checkpoint is the
+#: mid-epoch one of step 12 and steps 12-13 are trained again.
+EVERY, KILL_AT = 4, 14
+
+
+def _killed_run(folder, callbacks):
+    """The child process of the kill test: the reference run's configuration, with the killer callback."""
+    run(_table(), _data(), folder, callbacks=callbacks, every=EVERY)
+
+
+def test_sigkilled_run_resumed_from_last_ckpt_ends_like_an_uninterrupted_one(table, data, tmp_path):
+    full, full_trainer = run(table, data, tmp_path / "full", every=EVERY)
+    killed = tmp_path / "killed"
+    run_killed("tests.integration.test_proxyless_train:_killed_run", killed, KILL_AT)
+    assert not (killed / "on_exception.ckpt").exists()       # a SIGKILL writes nothing on its way out
+    ckpt = torch.load(killed / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 12 and "generator" in ckpt["proxyless"]
     count = Count()
-    resumed, resumed_trainer = run(table, data, tmp_path / "killed", resume=True, callbacks=[count])
-    assert count.batches == 24 - 13   # it continued, it did not start over
+    resumed, resumed_trainer = run(table, data, killed, resume=True, callbacks=[count], every=EVERY)
+    assert count.batches == 24 - 12   # it continued from the checkpoint, it did not start over
     assert resumed_trainer.global_step == full_trainer.global_step == 24
     assert torch.equal(resumed.supernet.alpha, full.supernet.alpha)
     assert resumed.derived_arch() == full.derived_arch()
@@ -123,5 +134,16 @@ def test_training_script_end_to_end_on_digits(tmp_path, capsys):
     subnet = ss.build_subnet("proxyless", arch, config={"input_size": SIDE, "num_classes": 10, "width_mult": 0.25})
     subnet.load_state_dict(state)
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    if "export" in result:
-        assert (out / "model.pt").is_file()
+    # hwnas.export is part of this package: the derived subnet is always exported, with its trained weights
+    assert {k: result["export"][k] for k in ("path", "method")} == {"path": str(out / "model.pt"), "method": "script"}
+    assert f"exported {out / 'model.pt'} (script)" in printed
+    # the winner is measured on this machine and compared with its prediction, in one line
+    assert result["export"]["measured_ms"] > 0 and result["export"]["predicted_ms"] > 0
+    assert (f"winner predicted {result['export']['predicted_ms']:.3f} ms, measured "
+            f"{result['export']['measured_ms']:.3f} ms (torchscript-cpu, this machine)") in printed
+    meta = read_metadata(out / "model.pt")
+    assert meta["arch"] == arch and meta["predicted_ms"] == pytest.approx(result["predicted_ms"], rel=1e-9)
+    scripted = torch.jit.load(str(out / "model.pt"))
+    x = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), subnet.eval()(x), rtol=0, atol=1e-5)

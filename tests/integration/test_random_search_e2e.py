@@ -38,6 +38,10 @@ def test_command_trains_resumes_and_exports(tmp_path, capsys):
     assert summary["trials"] == 2 and summary["ran"] == 2 and summary["resumed"] == 0
     assert 0 < summary["acceptance_rate"] < 1 and summary["best"]["latency_ms"] <= summary["budget_ms"]
     assert "accepts" in text and "rank  trial  accuracy" in text and f"results: {out.resolve()}" in text
+    # the winner is measured on this machine: one line comparing it with its prediction and the budget
+    winner = [line for line in text.splitlines() if "; winner predicted " in line]
+    assert len(winner) == 1 and winner[0].startswith(f"budget {summary['budget_ms']:.3f} ms; winner predicted ")
+    assert winner[0].endswith("(torchscript-cpu, this machine)")
     records = _lines(out / "trials.jsonl")
     assert [r["trial"] for r in records] == [0, 1]
     assert all(r["steps"] == 3 and 0 <= r["default"] <= 1 and r["latency_ms"] <= summary["budget_ms"]
@@ -69,7 +73,7 @@ def test_command_trains_resumes_and_exports(tmp_path, capsys):
     assert "another configuration (seed: was 0, now 5)" in capsys.readouterr().err
 
 
-def test_a_killed_run_resumes_without_repeating_trials(tmp_path):
+def test_a_killed_run_resumes_without_repeating_trials_and_ends_like_an_uninterrupted_one(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "experiments.random_search", *ARGS, "--max-steps", "15", "--trials", "3",
            "--no-export", "--out-dir", str(out)]
@@ -93,3 +97,11 @@ def test_a_killed_run_resumes_without_repeating_trials(tmp_path):
     after = _lines(out / "trials.jsonl")
     assert [r["trial"] for r in after] == [0, 1, 2]                     # each trial exactly once
     assert after[: len(before)] == before                                # finished trials untouched
+
+    # and the search ends as an uninterrupted one does: the same records, trial by trial (timings aside; the
+    # trial cut by the kill was trained again from its own seed, not from where the killed process was)
+    ref = tmp_path / "uninterrupted"
+    assert cli.main([*ARGS, "--max-steps", "15", "--trials", "3", "--no-export", "--out-dir", str(ref)]) == 0
+    untimed = [{k: v for k, v in r.items() if k != "seconds"} for r in after]
+    assert untimed == [{k: v for k, v in r.items() if k != "seconds"} for r in _lines(ref / "trials.jsonl")]
+    assert all(r["steps"] == 15 and r["default"] is not None for r in after)

@@ -63,13 +63,14 @@ def data():
     return torch.randn(100, 8, generator=g), torch.randint(0, 3, (100,), generator=g)
 
 
-def _run(data, folder, resume=False, callbacks=(), epochs=3):
+def _run(data, folder, resume=False, callbacks=(), epochs=3, every=None):
     pl.seed_everything(0, verbose=False)
     module = Tiny(total_steps=10 * epochs)
     x, y = data
     train = ResidentLoader([x, y], 10, shuffle=True, seed=1)
     val = ResidentLoader([x, y], 50, shuffle=False)
-    cfg = TrainerConfig(max_epochs=epochs, checkpoint_dir=str(folder), resume=resume, progress=False)
+    cfg = TrainerConfig(max_epochs=epochs, checkpoint_dir=str(folder), resume=resume, progress=False,
+                        checkpoint_every_n_steps=every)
     trainer = fit(module, train, val, cfg, callbacks=callbacks)
     return module, trainer
 
@@ -104,16 +105,17 @@ def test_checkpoint_every_epoch_loads_weights_only(data, tmp_path):
     assert not (tmp_path / "on_exception.ckpt").exists()
 
 
-@pytest.mark.parametrize("at, drop_exception_ckpt", [(15, False), (15, True), (20, False)])
-def test_resume_matches_uninterrupted_run(data, tmp_path, reference, at, drop_exception_ckpt):
+@pytest.mark.parametrize("at, drop_exception_ckpt, every, restart", [(15, False, None, 15), (15, True, None, 10),
+                                                                     (20, False, None, 20), (15, True, 4, 12)])
+def test_resume_matches_uninterrupted_run(data, tmp_path, reference, at, drop_exception_ckpt, every, restart):
     ref_module, ref_trainer, _ = reference
     with pytest.raises(RuntimeError, match="interrupted for the test"):
-        _run(data, tmp_path, callbacks=[Interrupt(at)])
+        _run(data, tmp_path, callbacks=[Interrupt(at)], every=every)
     assert (tmp_path / "on_exception.ckpt").is_file()
-    if drop_exception_ckpt:  # a run killed without a chance to save: back to the end of epoch 1
-        (tmp_path / "on_exception.ckpt").unlink()
-        assert torch.load(latest_checkpoint(tmp_path), weights_only=True)["global_step"] == 10
-    module, trainer = _run(data, tmp_path, resume=True)
+    if drop_exception_ckpt:  # a run killed without a chance to save: back to the newest last.ckpt (the end of
+        (tmp_path / "on_exception.ckpt").unlink()   # epoch 1, or the mid-epoch step checkpoint of step 12)
+    assert torch.load(latest_checkpoint(tmp_path), weights_only=True)["global_step"] == restart
+    module, trainer = _run(data, tmp_path, resume=True, every=every)
     assert trainer.global_step == ref_trainer.global_step == 30
     assert _same_weights(module, ref_module)
     assert float(trainer.callback_metrics["val_acc"]) == float(ref_trainer.callback_metrics["val_acc"])
