@@ -326,9 +326,13 @@ class TorchScriptCPU:
         compiled keep working (they hold their own types); only name lookups of old traced classes are lost.
         """
         import torch
+        import torch.jit._recursive
 
         torch._C._jit_clear_class_registry()
         torch.jit._state._clear_class_state()
+        # The store of scripted nn.Module types refers to the classes just dropped: reusing one of its entries (a
+        # module type scripted before, e.g. an exported subnet's block) would crash torch.jit.script. Start anew.
+        torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
 
 
 def release_memory(backend: Any) -> None:
