@@ -124,12 +124,73 @@ def test_malformed_calibration_is_a_clear_error(pred_dir, tmp_path, bad):  # noq
         load_latency_predictor(path)
 
 
-def test_embedded_predictors_calibration_is_well_formed():
+def _embedded_calibrations() -> list[tuple[str, dict, dict]]:
+    """(name, predictor.json, its calibration) of every calibrated embedded predictor (no arrays loaded)."""
+    from pathlib import Path
+
     from hwnas.predictor import list_latency_predictors
 
+    out = []
     for info in list_latency_predictors():
-        meta = json.loads((__import__("pathlib").Path(info["path"]) / "predictor.json").read_text())
-        cal = meta.get("calibration")
-        if cal:
-            assert all(SCALE_BOUNDS[0] <= v <= SCALE_BOUNDS[1] for v in cal["kernel_scale"].values())
-            assert cal["n_networks"] >= 20
+        if info.get("source", "embedded") != "embedded":   # the user's own predictors are not this package's data
+            continue
+        meta = json.loads((Path(info["path"]) / "predictor.json").read_text())
+        if meta.get("calibration"):
+            out.append((info["name"], meta, meta["calibration"]))
+    return out
+
+
+def test_embedded_predictors_calibration_is_well_formed():
+    """At least one embedded predictor is calibrated by its build; each calibration is in bounds, with known terms;
+    a build's is the form cross-validation chose, and better than none."""
+    from hwnas.predictor import CALIBRATION_TERMS
+
+    calibrations = _embedded_calibrations()
+    built = []
+    for name, meta, cal in calibrations:
+        types = set(meta["kernels"])
+        assert tuple(cal.get("bounds", SCALE_BOUNDS)) == SCALE_BOUNDS, name
+        assert cal["kernel_scale"] and set(cal["kernel_scale"]) <= types, name
+        assert all(SCALE_BOUNDS[0] <= v <= SCALE_BOUNDS[1] for v in cal["kernel_scale"].values()), name
+        assert set(cal.get("kernel_terms", {})) <= types, name
+        for ktype, terms in cal.get("kernel_terms", {}).items():
+            assert set(terms) <= set(CALIBRATION_TERMS) and all(np.isfinite(c) and c >= 0 for c in terms.values()), \
+                (name, ktype, terms)
+        assert np.isfinite(cal["intercept_ms"]) and cal["n_networks"] >= 20, name
+        if "method" in cal:   # fitted by the build (hwnas.builder._calibrate.calibrate_build), not by hwnas adapt
+            built.append(name)
+            assert cal["n_networks"] >= cal["min_networks"], name
+            # the stored form is the one with the lowest cross-validated RMSPE, and it beats no calibration
+            acc = cal["accuracy"]
+            best = min(acc["forms"], key=lambda f: f["cv"]["rmspe"])
+            assert (best["terms"], best["ridge"]) == (cal["terms"], cal["ridge"]), name
+            assert best["cv"] == acc["calibrated_5fold_cv"], name
+            assert acc["calibrated_5fold_cv"]["n"] == acc["uncalibrated"]["n"] == cal["n_networks"], name
+            assert acc["calibrated_5fold_cv"]["rmspe"] < acc["uncalibrated"]["rmspe"], name
+    assert built, f"no embedded predictor is calibrated by its build (calibrated: {[c[0] for c in calibrations]})"
+
+
+@pytest.mark.slow   # loads every calibrated embedded predictor's regressors
+def test_embedded_predictors_apply_their_calibration_kernel_by_kernel():
+    """Each calibrated embedded predictor, loaded, prices a kernel as factor x uncalibrated + its additive terms
+    (after an adapted predictor's transfer), and adds the intercept once."""
+    import search_spaces as ss
+    from hwnas.predictor import CALIBRATION_TERMS, LatencyPredictor
+
+    calibrations = _embedded_calibrations()
+    assert calibrations
+    space = ss.create_space("proxyless", input_size=32, num_classes=10, width_mult=0.25)
+    net = ss.build_subnet(space, ss.random_arch(space, seed=0)).eval()
+    for name, _, cal in calibrations:
+        pred = load_latency_predictor(name)
+        raw = LatencyPredictor({k: v for k, v in pred.metadata.items() if k != "calibration"}, pred.regressors)
+        assert pred.kernel_scale == cal["kernel_scale"] and pred.kernel_terms == cal.get("kernel_terms", {})
+        assert pred.overhead_ms == pytest.approx(raw.overhead_ms + cal["intercept_ms"], abs=1e-12)
+        kernels = pred.kernels(net, "torch", (1, 3, 32, 32))
+        got, base = pred.kernel_latencies(kernels), raw.kernel_latencies(kernels)
+        want = np.array([b * cal["kernel_scale"].get(k.type, 1.0)
+                         + sum(c * (1.0 if CALIBRATION_TERMS[t] is None else k.features[CALIBRATION_TERMS[t]])
+                               for t, c in cal.get("kernel_terms", {}).get(k.type, {}).items())
+                         for k, b in zip(kernels, base)])
+        assert any(k.type in cal["kernel_scale"] and cal["kernel_scale"][k.type] != 1.0 for k in kernels), name
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=name)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_type
+from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors, fit_type
 from hwnas.errors import UnknownKernelError
 from hwnas.kernels import FEATURES
 
@@ -32,6 +32,33 @@ def test_too_few_samples_is_an_error_not_a_guess():
         fit_type("mha", _rows([(1, 0.5)] * (MIN_FIT_SAMPLES - 1)))
 
 
-def test_unknown_kernel_error_names_the_declared_reason():
-    err = UnknownKernelError("mha", ["mha"], 3, "p", "does not export to ONNX")
-    assert "mha" in str(err) and "does not export to ONNX" in str(err) and err.reason
+def test_declared_unsupported_kernel_type_raises_through_kernel_latencies(tmp_path):
+    """A type with too few measurements is declared unsupported by the fit; pricing it raises with that reason."""
+    from torch import nn
+
+    from hwnas.predictor import load_latency_predictor
+    from hwnas.predictor._format import write_predictor
+
+    fc_rows = _rows([(m, 0.01 + 0.002 * m) for m in range(1, 13)])
+    regs, kernels, _, unsupported = fit_regressors({"fc": fc_rows, "tanh": _rows([(1, 0.5)])}, "onnxruntime-cpu")
+    assert set(regs) == {"fc"} and set(unsupported) == {"tanh"}
+    meta = {"name": "declared", "version": "0", "backend": "onnxruntime-cpu", "device": {"description": "test"},
+            "threads": 1, "batch_size": 1, "precision": "fp32", "units": "ms", "fusion_rules": [],
+            "zero_cost_ops": ["dropout", "identity"], "model_overhead_ms": 0.0, "kernels": kernels,
+            "unsupported_kernel_types": unsupported}
+    pred = load_latency_predictor(write_predictor(tmp_path / "p", meta, regs))
+    fc_only = pred.kernels(nn.Linear(8, 4), "torch", (1, 8))
+    assert [k.type for k in fc_only] == ["fc"] and pred.kernel_latencies(fc_only)[0] > 0   # the priced type works
+    kernels_ = pred.kernels(nn.Sequential(nn.Linear(8, 4), nn.Tanh()), "torch", (1, 8))
+    assert [k.type for k in kernels_] == ["fc", "tanh"]
+    with pytest.raises(UnknownKernelError) as info:
+        pred.kernel_latencies(kernels_)
+    err = info.value
+    assert (err.kernel_type, err.ops, err.position, err.predictor) == ("tanh", ["tanh"], 1, "declared")
+    assert err.reason == unsupported["tanh"] and "only 1 successful measurement(s) on onnxruntime-cpu" in err.reason
+    assert str(err).endswith(f"'tanh' (kernel 1, ops ['tanh']): {err.reason}; refusing to price it as 0 ms")
+    # the same kernel type, not declared: still an error, without a reason
+    del pred.metadata["unsupported_kernel_types"]
+    with pytest.raises(UnknownKernelError) as info:
+        pred.kernel_latencies(kernels_)
+    assert info.value.reason is None and "refusing to price it as 0 ms" in str(info.value)

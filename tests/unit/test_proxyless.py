@@ -145,6 +145,43 @@ def test_latency_part_of_the_architecture_gradient_is_exact(table):
     assert info["active"] == make_net(table).sample()   # same seed, same path: the comparison is like for like
 
 
+@pytest.mark.parametrize("mode", ["full", "two"])
+def test_architecture_gradient_is_exact_under_mul_log(table, mode):
+    """mul#log, L = a·CE·f(E): the gradient is a·f(E) times the binary-gate gradient of CE alone (the latency
+    factor reaches the block outputs) plus a·CE·d f(E(alpha))/d alpha (checked by central differences), all from
+    the same sampled path."""
+    x, y = batch(dtype=torch.float64)
+    target = 0.5 * (table.min_latency() + table.max_latency())
+    ce_loss = LatencyLoss(table, LatencyLossConfig(target_ms=target, mode="add#linear", lam=0.0))
+    # batch statistics (train mode): the cross-entropy depends on the path, so its gradient is not negligible
+    ce_grad, ce_info = make_net(table, dtype=torch.float64).train().arch_gradient(x, y, ce_loss, mode)
+    cfg = LatencyLossConfig(target_ms=target, mode="mul#log", alpha=0.2, beta=0.3)
+    loss = LatencyLoss(table, cfg)
+    net = make_net(table, dtype=torch.float64).train()
+    grad, info = net.arch_gradient(x, y, loss, mode)
+    assert info["active"] == ce_info["active"] and torch.equal(info["ce"], ce_info["ce"])   # like for like
+    ce, expected = info["ce"], info["expected_ms"]
+    factor = (torch.log(expected / cfg.log_unit) / torch.log(torch.tensor(target / cfg.log_unit,
+                                                                           dtype=torch.float64))) ** cfg.beta
+    assert float(info["loss"]) == pytest.approx(float(cfg.alpha * ce * factor), rel=1e-12)
+    assert abs(float(factor) - 1.0) > 1e-3   # E differs from the target: the factor is not a no-op
+    alpha = net.alpha.detach().clone()
+    numeric = torch.zeros_like(alpha)
+    h = 1e-5
+    for row, col in net.mask.nonzero().tolist():
+        plus, minus = alpha.clone(), alpha.clone()
+        plus[row, col] += h
+        minus[row, col] -= h
+        numeric[row, col] = (loss(ce, plus) - loss(ce, minus)) / (2 * h)
+    want = cfg.alpha * factor * ce_grad + numeric
+    scale = float(want[net.mask].abs().max())
+    # both parts matter at this tolerance
+    assert float(numeric[net.mask].abs().max()) > 1e-3 * scale and float(ce_grad.abs().max()) > 1e-3 * scale
+    err = float((grad - want)[net.mask].abs().max()) / scale
+    assert err < 1e-6, f"max error {err:.3g} of the largest gradient entry"
+    assert torch.all(grad[~net.mask] == 0)
+
+
 def test_two_mode_rescale_keeps_other_probabilities(table):
     net = make_net(table)
     active, involved = net.sample_two()
