@@ -3,16 +3,22 @@ latency, the ``hwnas export`` command, and a fuzz run with zero failures (slow).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+import hwnas
 import search_spaces as ss
 from hwnas.export import export_subnet, read_metadata
+from hwnas.export._report import LATENCY_TOLERANCE
+from hwnas.predictor import adapt_command
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +98,61 @@ def test_predicted_and_measured_latency(tmp_path):
                                                                    (1, 3, 32, 32)))
     print(f"\npredicted {report.predicted_ms:.3f} ms, measured {report.measured_ms:.3f} ms, "
           f"ratio {report.ratio:.2f}")
+    # what the report prints: both latencies with their predictor and backend, the ratio, and a warning exactly when
+    # the measurement is more than 10% off the prediction (hwnas.export._report.latency_check)
+    rows = _table_rows(report.table())
+    assert rows["predicted ms"] == [f"{report.predicted_ms:.3f}  ({predictor.name})"]
+    assert rows["measured ms"] == [f"{report.measured_ms:.3f}  (torchscript-cpu)"]
+    assert rows["measured / predicted"] == [f"{report.ratio:.2f}"]
+    assert ("warning" in rows) == (abs(report.ratio - 1) > LATENCY_TOLERANCE)
+    adapt = adapt_command("torchscript-cpu")
+    for ratio, off in ((7.25, "+625%"), (0.5, "-50%")):   # a predictor of another machine: said so, and what to do
+        rows = _table_rows(dataclasses.replace(report, measured_ms=report.predicted_ms * ratio, ratio=ratio).table())
+        assert rows["measured / predicted"] == [f"{ratio:.2f}"]
+        assert rows["warning"] == [f"warning: the measured latency is {off} off the prediction (more than ±10%): the "
+                                   f"predictor does not describe this machine well; make one that does with: {adapt}"]
+    close = dataclasses.replace(report, measured_ms=report.predicted_ms * 1.05, ratio=1.05)
+    assert "warning" not in _table_rows(close.table())
+    assert "measured / predicted" not in _table_rows(dataclasses.replace(report, measured_ms=None, ratio=None).table())
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """``ExportReport.table()`` -> {row name: [values]}: each row is its name padded with spaces, two spaces, value."""
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        name, value = re.split(r"\s{2,}", line, maxsplit=1)
+        rows.setdefault(name, []).append(value)
+    return rows
+
+
+EMBEDDED = [p["name"] for p in hwnas.list_latency_predictors() if p.get("source", "embedded") == "embedded"]
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_measured_over_predicted_is_sane_on_the_predictor_s_own_machine(name, tmp_path):
+    """Only on the machine a predictor was measured on is measured / predicted expected near 1: a wide band
+    (0.33..3), since timings drift; on any other machine this is skipped (the ratio is then the machines'
+    difference, not the predictor's error)."""
+    from hwnas.builder import QUICK_PROTOCOL, fingerprint, same_device
+
+    info = next(p for p in hwnas.list_latency_predictors() if p["name"] == name)
+    device = json.loads((Path(info["path"]) / "predictor.json").read_text(encoding="utf-8")).get("device") or {}
+    fp = device.get("fingerprint") if isinstance(device, dict) else None
+    if not fp or not same_device(fp, fingerprint()):
+        from hwnas.device import explain_differences
+
+        pytest.skip(f"{name} was not measured on this machine: "
+                    f"{explain_differences(fp, fingerprint()) if fp else 'no device fingerprint recorded'}")
+    predictor = hwnas.load_latency_predictor(name)
+    space = ss.create_space("proxyless", **CONFIG).eval()
+    arch = ss.random_arch(space, seed=0)
+    shape = (1, 3, 32, 32)
+    onnx = tmp_path / "m.onnx" if predictor.backend == "onnxruntime-cpu" else None
+    report = export_subnet(space, arch, out=tmp_path / "m.pt", predictor=predictor, protocol=QUICK_PROTOCOL,
+                           onnx=onnx)
+    assert report.backend == predictor.backend and report.input_shape == shape
+    assert 0.33 <= report.ratio <= 3.0, (f"{name} on its own machine: measured {report.measured_ms:.3f} ms, "
+                                         f"predicted {report.predicted_ms:.3f} ms")
 
 
 def test_cli_export(tmp_path, capsys):

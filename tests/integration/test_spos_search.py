@@ -53,9 +53,16 @@ def test_spos_search_end_to_end(tmp_path):
     src = "supernet.space.blocks.s2_b0." + arch["s2_b0"] + key[len("blocks.s2_b0"):]
     assert torch.equal(state[key], trained[src])
 
-    if "export" in summary:  # hwnas.export is present: a TorchScript file of the best subnet
-        assert (out / "best_subnet.torchscript.pt").is_file()
-        assert summary["export"]["arch"] == arch
+    # hwnas.export is part of this package: the best subnet is always exported, with its inherited weights
+    export = summary["export"]
+    assert export["path"] == str(out / "best_subnet.torchscript.pt") and export["method"] == "script"
+    assert export["arch"] == arch and export["predictor"] == predictor.name
+    assert export["predicted_ms"] == pytest.approx(predictor.predict(net.eval(), "torch", (1, 3, 16, 16)), rel=1e-9)
+    assert export["measured_ms"] is None and export["ratio"] is None        # --no-measure
+    scripted = torch.jit.load(export["path"])
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net.eval()(x), rtol=0, atol=1e-5)
 
     # Resuming a finished run trains nothing more and finds the same architecture with the same accuracy.
     again = spos_search.run(spos_search.parse_args([*TINY, "--out", str(out), "--resume", "--no-export"]))
