@@ -67,3 +67,7 @@ class DataError(HwnasError):
 
 class ExportError(HwnasError):
     """An export could not be written, read back, or failed its parity check (the file and the check are named)."""
+
+
+class BackendUnavailableError(HwnasError):
+    """A measurement backend cannot run on this machine (``torchscript-cuda`` without CUDA); the reason is named."""

@@ -3,7 +3,8 @@
 Public API (everything else is private machinery and may change):
 
 - :func:`measure_latency` — a model's latency in ms on a backend; :func:`measure` keeps the raw run times.
-- :func:`list_backends` — registered backend names (``torchscript-cpu``, ``onnxruntime-cpu``).
+- :func:`list_backends` — registered backend names (``onnxruntime-cpu``, ``torchscript-cpu``, ``torchscript-cuda``);
+  :func:`backend_status` — each with whether it runs on this machine and why not (``hwnas list-backends``).
 - :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
 - :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured (from :mod:`hwnas.device`).
@@ -26,6 +27,7 @@ _LAZY = {
     "measure_latency": "hwnas.builder._backends",
     "measure": "hwnas.builder._backends",
     "list_backends": "hwnas.builder._backends",
+    "backend_status": "hwnas.builder._backends",
     "get_backend": "hwnas.builder._backends",
     "Measurement": "hwnas.builder._backends",
     "BACKENDS": "hwnas.builder._backends",

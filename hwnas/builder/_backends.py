@@ -5,9 +5,10 @@ once, return a zero-argument callable running one inference), ``runtime(threads)
 callable in), ``measure(model, input_shape, protocol)`` (returns a :class:`Measurement`) and, optionally,
 ``compiled_ops(model, input_shape)`` (op kinds of the compiled graph, the structural evidence of fusion).
 Backends are found by name in :data:`BACKENDS`, a read-only mapping from name to ``"module:Class"``; they are
-imported on first use, so ``onnxruntime`` is only needed for ``onnxruntime-cpu``. To add one (e.g. ``torchscript-cuda``), write a class with
+imported on first use, so ``onnxruntime`` is only needed for ``onnxruntime-cpu``. To add one, write a class with
 the same methods and add one line to :data:`BACKENDS`; to try one without editing, pass an instance wherever a
-backend name is accepted.
+backend name is accepted. A backend may also say why it cannot run here (``unavailable_reason()``, ``None`` when
+it can); :func:`backend_status` lists every backend with its availability and that reason.
 
 Backends
 --------
@@ -19,10 +20,14 @@ Backends
     legacy ``torch.onnx.export(..., dynamo=False)`` (opset 17) to bytes in memory, ONNX Runtime
     ``CPUExecutionProvider``, ``intra_op_num_threads = threads``, ``inter_op_num_threads = 1``, sequential
     execution, ``ORT_ENABLE_ALL``; fp32.
+``torchscript-cuda``
+    as ``torchscript-cpu`` on a CUDA GPU, timed with CUDA events (:mod:`hwnas.builder._backend_cuda`); listed but
+    unavailable on machines without CUDA, where measuring raises :class:`~hwnas.errors.BackendUnavailableError`.
 
 Limitations
 -----------
-- Models must be fp32 and on the CPU; anything else is refused with a :class:`~hwnas.errors.CaptureError`.
+- Models must be fp32 and on the CPU (``torchscript-cuda``: fp32, copied to the GPU); anything else is refused
+  with a :class:`~hwnas.errors.CaptureError`.
 - The input is one fixed random tensor (seed 0); data-dependent models are timed on that tensor only.
 - The timer is ``time.perf_counter_ns`` around each call; Python's call overhead (~1 µs) is included, which
   matters only for kernels faster than ~20 µs.
@@ -51,6 +56,7 @@ from hwnas.errors import CaptureError
 BACKENDS: Mapping[str, str] = MappingProxyType({
     "torchscript-cpu": "hwnas.builder._backends:TorchScriptCPU",
     "onnxruntime-cpu": "hwnas.builder._backends:OnnxRuntimeCPU",
+    "torchscript-cuda": "hwnas.builder._backend_cuda:TorchScriptCUDA",
 })
 
 ONNX_OPSET = 17
@@ -263,6 +269,10 @@ class TorchScriptCPU:
         """Always true: torch is a hard dependency."""
         return True
 
+    def unavailable_reason(self) -> str | None:
+        """Always ``None``: the backend runs wherever torch does."""
+        return None
+
     @contextlib.contextmanager
     def runtime(self, threads: int = 1) -> Iterator[None]:
         """Context to call prepared callables in: ``threads`` intra-op threads (restored) and inference mode."""
@@ -354,6 +364,10 @@ class OnnxRuntimeCPU:
     def available(self) -> bool:
         """Whether ``onnxruntime`` can be imported."""
         return importlib.util.find_spec("onnxruntime") is not None
+
+    def unavailable_reason(self) -> str | None:
+        """Why the backend cannot run here (``None`` when it can)."""
+        return None if self.available() else "the onnxruntime package is not installed (pip install onnxruntime)"
 
     def runtime(self, threads: int = 1) -> contextlib.AbstractContextManager:
         """Nothing to scope: ONNX Runtime threads are set per session in :meth:`prepare`."""
@@ -455,6 +469,26 @@ def list_backends(available_only: bool = False) -> list[str]:
     """Names of the registered backends, sorted; ``available_only`` keeps those whose runtime is installed."""
     names = sorted(BACKENDS)
     return [n for n in names if get_backend(n).available()] if available_only else names
+
+
+def backend_status() -> list[dict[str, Any]]:
+    """Every registered backend with whether it runs on this machine and, when not, why.
+
+    Returns
+    -------
+    list of dict
+        ``{"name": str, "available": bool, "reason": str or None}``, sorted by name.
+    """
+    out = []
+    for name in list_backends():
+        be = get_backend(name)
+        available = bool(be.available())
+        reason = None
+        if not available:
+            why = getattr(be, "unavailable_reason", None)
+            reason = (why() if why is not None else None) or "the backend reports that it cannot run here"
+        out.append({"name": name, "available": available, "reason": reason})
+    return out
 
 
 def get_backend(backend: Any) -> Backend:

@@ -1,4 +1,4 @@
-"""``hwnas build``: measure a backend and fit a predictor (registered into :mod:`hwnas.cli`)."""
+"""``hwnas build``, ``hwnas adapt``, ``hwnas list-backends`` (registered into :mod:`hwnas.cli`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,26 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list_backends(args: argparse.Namespace) -> int:
+    import json
+
+    from hwnas.builder._backends import backend_status
+
+    rows = backend_status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {'available' if r['available'] else 'unavailable: ' + r['reason']}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    p = sub.add_parser("list-backends", help="list the measurement backends and whether each runs on this machine")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    handlers["list-backends"] = cmd_list_backends
+
     p = sub.add_parser("adapt", help="make a predictor for this machine in minutes, from an installed one")
     p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
     p.add_argument("--out", required=True, help="output folder (raw probe measurements, predictor/, adapt.json)")
