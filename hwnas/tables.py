@@ -412,12 +412,8 @@ class LatencyTable:
 # ----- building ------------------------------------------------------------------------------------------------------
 def _space_name(space: Any) -> str:
     import search_spaces as ss
-    from search_spaces._registry import lookup
 
-    for name in ss.list_spaces():
-        if lookup(name).space_cls is type(space):
-            return name
-    return f"{type(space).__module__}.{type(space).__qualname__}"
+    return ss.space_name(space) or f"{type(space).__module__}.{type(space).__qualname__}"
 
 
 def _config_dict(config: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Public API (everything else is private machinery and may change):
 
 - :func:`create_space` ``(name, **config) -> ModelSpace`` — ``"spos"`` or ``"proxyless"``;
   ``space.config`` is its frozen dataclass (:class:`SposConfig`, :class:`ProxylessConfig`).
-- :func:`list_spaces`, :func:`register_space` — the name registry (no I/O at import).
+- :func:`list_spaces`, :func:`register_space` — the name registry (no I/O at import); :func:`lookup` — a name's
+  :class:`SpaceEntry` (space class, config class); :func:`space_name` — the registered name of an instance.
 - :func:`choices` (label -> candidate names), :func:`random_arch`, :func:`validate_arch`.
 - :func:`build_subnet` — plain, scriptable ``nn.Module`` of an architecture, inheriting the
   weights of a space instance.
@@ -27,15 +28,15 @@ quiet_nni_import()   # before NNI's import below: its notices about torch classe
 from ._api import (Slot, arch_to_indices, build_subnet, choices, count_flops, count_params, indices_to_arch,
                    layout, random_arch, validate_arch)
 from ._base import BlockSpec, ChainNet, ChainSpace, SpaceConfig
-from ._registry import create_space, list_spaces, register_space
+from ._registry import SpaceEntry, create_space, list_spaces, lookup, register_space, space_name
 from .proxyless import ProxylessConfig, ProxylessSpace
 from .spos import SposConfig, SposSpace
 
 __all__ = [
     "BlockSpec", "ChainNet", "ChainSpace", "ProxylessConfig", "ProxylessSpace", "Slot", "SpaceConfig",
-    "SposConfig", "SposSpace", "arch_to_indices", "build_subnet", "choices", "count_flops", "count_params",
-    "create_space", "indices_to_arch", "layout", "list_spaces", "random_arch", "register_space",
-    "validate_arch",
+    "SpaceEntry", "SposConfig", "SposSpace", "arch_to_indices", "build_subnet", "choices", "count_flops",
+    "count_params", "create_space", "indices_to_arch", "layout", "list_spaces", "lookup", "random_arch",
+    "register_space", "space_name", "validate_arch",
 ]
 
 register_space("spos", SposSpace, SposConfig)

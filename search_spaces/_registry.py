@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from ._base import ChainSpace, SpaceConfig
 
-__all__ = ["SpaceEntry", "create_space", "list_spaces", "lookup", "register_space"]
+__all__ = ["SpaceEntry", "create_space", "list_spaces", "lookup", "register_space", "space_name"]
 
 
 class SpaceEntry(NamedTuple):
@@ -66,11 +66,43 @@ def list_spaces() -> list[str]:
 
 
 def lookup(name: str) -> SpaceEntry:
-    """The registry entry of ``name``; ``KeyError`` listing the registered names if unknown."""
+    """The registry entry of a space name.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_spaces`.
+
+    Returns
+    -------
+    SpaceEntry
+        Its name, model-space class and config dataclass.
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not registered (the message lists the registered names).
+    """
     try:
         return _SPACES[name]
     except (KeyError, TypeError):
         raise KeyError(f"unknown search space {name!r}; registered: {list_spaces()}") from None
+
+
+def space_name(space: Any) -> str | None:
+    """The registered name of a space instance's class.
+
+    Parameters
+    ----------
+    space : ChainSpace
+        A search space instance.
+
+    Returns
+    -------
+    str or None
+        The name its class is registered under (exact class, not a subclass); ``None`` if unregistered.
+    """
+    return next((n for n in list_spaces() if _SPACES[n].space_cls is type(space)), None)
 
 
 def create_space(name: str, **config: Any) -> ChainSpace:

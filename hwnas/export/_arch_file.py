@@ -32,7 +32,7 @@ def _config_dict(space: str, config: Any) -> dict[str, Any]:
     else:
         out = dict(config or {})
         try:
-            from search_spaces._registry import lookup
+            from search_spaces import lookup
 
             cfg = lookup(space).config_cls(**out)
         except (ImportError, KeyError, TypeError, ValueError):

@@ -51,11 +51,10 @@ def space_info(space: Any, space_config: Mapping[str, Any] | None = None) -> tup
     import torch
 
     import search_spaces as ss
-    from search_spaces._registry import lookup
 
     if isinstance(space, str):
         try:
-            lookup(space)
+            ss.lookup(space)
         except KeyError as e:
             raise ExportError(str(e.args[0])) from None
         try:
@@ -68,7 +67,7 @@ def space_info(space: Any, space_config: Mapping[str, Any] | None = None) -> tup
         if space_config is not None:
             raise TypeError("space_config is only accepted with a space name, not with a space instance")
         instance = space
-        name = next((n for n in ss.list_spaces() if lookup(n).space_cls is type(space)), None)
+        name = ss.space_name(space)
     else:
         raise TypeError(f"space must be a search space instance or a registered name, got {type(space).__name__}")
     cfg = dataclasses.asdict(instance.config)
