@@ -118,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rows = predictor.predict_kernels(model, model_type, shape)
     elapsed = (time.perf_counter() - t0) * 1e3
-    total = sum(r["ms"] for r in rows) + predictor.overhead_ms * predictor.scale
+    total = sum(r["ms"] for r in rows) + predictor.overhead_ms
     if args.json:
         out = {"model": source, "predictor": predictor.name, "backend": predictor.backend,
                "input_shape": list(shape), "latency_ms": total, "kernels": len(rows)}

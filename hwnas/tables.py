@@ -27,7 +27,7 @@ a bare ``nn.Identity`` is that op too), hence neighbours are always consecutive 
 Tables are data: :meth:`LatencyTable.save` writes one JSON file (space name and config, input shape, predictor
 name and checksum, units, hwnas version, schema version, the rows); :meth:`LatencyTable.load` reads it and
 refuses a newer schema. ``build(..., cache_dir=...)`` reuses a file keyed by a hash of (space name, space config,
-predictor checksum and scale, input shape, schema version); without ``cache_dir`` nothing is written.
+predictor checksum, input shape, schema version); without ``cache_dir`` nothing is written.
 """
 
 from __future__ import annotations
@@ -134,8 +134,7 @@ class LatencyTable:
         side = space.config.input_size
         shape = (1, 3, side, side) if input_shape is None else tuple(int(d) for d in input_shape)
         identity = {"space": {"name": _space_name(space), "config": config}, "input_shape": list(shape),
-                    "predictor": {"name": predictor.name, "checksum": predictor.checksum,
-                                  "scale": float(predictor.scale)}}
+                    "predictor": {"name": predictor.name, "checksum": predictor.checksum}}
         path = None
         if cache_dir is not None:
             key = hashlib.sha256(json.dumps({**identity, "schema_version": SCHEMA_VERSION},
@@ -160,7 +159,7 @@ class LatencyTable:
         p = self._doc["predictor"]
         return {"space": {"name": self._doc["space"]["name"], "config": self._doc["space"]["config"]},
                 "input_shape": list(self._doc["input_shape"]),
-                "predictor": {"name": p["name"], "checksum": p["checksum"], "scale": float(p.get("scale", 1.0))}}
+                "predictor": {"name": p["name"], "checksum": p["checksum"]}}   # an old file's "scale" (1.0) is ignored
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -470,7 +469,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
                            "latency_ms": [rows[c][0] for c in names], "flops": [rows[c][1] for c in names],
                            "params": [rows[c][2] for c in names]})
     _check_boundaries(slots, ends, predictor)
-    overhead = float(predictor.overhead_ms) * float(predictor.scale)
+    overhead = float(predictor.overhead_ms)
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "hwnas_version": __version__, "units": dict(UNITS),
         **identity,

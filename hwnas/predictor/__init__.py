@@ -192,7 +192,6 @@ class LatencyPredictor:
         self.backend: str = metadata["backend"]
         self.rules = FusionRules(metadata.get("fusion_rules", []))
         self.zero_cost_ops = frozenset(metadata.get("zero_cost_ops", []))
-        self.scale = 1.0
         #: Per-call cost of the backend (ms), paid once per model run, not once per kernel.
         self.overhead_ms = float(metadata.get("model_overhead_ms", 0.0))
         #: Per-kernel-type factors fitted on networks measured end to end (see hwnas.builder._calibrate).
@@ -310,7 +309,7 @@ class LatencyPredictor:
                 ms = ms + cost * (1.0 if feature is None else
                                   np.array([kernels[i].features.get(feature, 0.0) for i in idx]))
             out[idx] = ms
-        return out * self.scale
+        return out
 
     def predict(self, model: Any, model_type: str = "torch",
                 input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> float:
@@ -330,7 +329,7 @@ class LatencyPredictor:
             (:attr:`overhead_ms`), once.
         """
         kernels = self.kernels(model, model_type, input_shape)
-        return float(self.kernel_latencies(kernels).sum()) + self.overhead_ms * self.scale
+        return float(self.kernel_latencies(kernels).sum()) + self.overhead_ms
 
     def predict_kernels(self, model: Any, model_type: str = "torch",
                         input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> list[dict[str, Any]]:
