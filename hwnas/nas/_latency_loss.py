@@ -31,10 +31,16 @@ Only the latency term is differentiated exactly here. In ProxylessNAS the cross-
 binary-gate estimator of the supernet (:mod:`hwnas.oneshot`), which backpropagates this loss's value to the block
 outputs (so under ``mul#log`` the cross-entropy's gradient carries the latency factor, as in the reference).
 NNI-free: this module needs only torch and a table.
+
+Precision: the expected latency, the loss and their gradients are computed in fp32 at least, whatever the
+caller's autocast (``bf16-mixed`` training) or parameter dtype: autocast is disabled inside, bf16/fp16 inputs are
+upcast (a bf16 sum of 21 rows of ms would be off by up to 0.4%), fp64 stays fp64. Tested with central
+differences under CPU bf16 autocast (tests/unit/test_latency_loss.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -45,6 +51,18 @@ from torch import nn
 from hwnas.errors import ArchitectureError
 
 __all__ = ["LATENCY_LOSS_MODES", "LatencyLoss", "LatencyLossConfig"]
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 when it is a half-precision float (differentiable), unchanged otherwise."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast disabled for ``t``'s device type (the caller's autocast must not downcast the loss)."""
+    if t.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 LATENCY_LOSS_MODES = ("mul#log", "add#linear")
 REFERENCE_TARGET_MS = 80.0   # the reference code's mobile target: the default log unit is target_ms / 80
@@ -165,8 +183,9 @@ class LatencyLoss(nn.Module):
             got = tuple(alphas.shape) if isinstance(alphas, torch.Tensor) else type(alphas).__name__
             raise ValueError(f"architecture parameters must be a mapping label -> tensor or a matrix of shape "
                              f"{tuple(self.mask.shape)} (labels x choices), got {got}")
-        logits = alphas.masked_fill(~self.mask, float("-inf"))
-        return torch.softmax(logits, dim=-1)
+        with _no_autocast(alphas):
+            logits = _full(alphas).masked_fill(~self.mask, float("-inf"))
+            return torch.softmax(logits, dim=-1)
 
     def _stack(self, alphas: Mapping[str, torch.Tensor]) -> torch.Tensor:
         unknown = [k for k in alphas if k not in self.choices]
@@ -190,19 +209,24 @@ class LatencyLoss(nn.Module):
     def expected_latency(self, alphas: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Expected latency ``fixed + Σ_l softmax(α_l) · row_l``, ms: a scalar tensor, differentiable in ``α``.
 
-        Equal to :meth:`LatencyTable.expected_latency` of the softmax probabilities.
+        Equal to :meth:`LatencyTable.expected_latency` of the softmax probabilities. In fp32 at least (fp64 for
+        fp64 parameters), also under autocast (module docstring).
         """
         p = self.probs(alphas)
-        return (p * self.rows.to(p.dtype)).sum() + self.fixed_ms
+        with _no_autocast(p):
+            return (p * self.rows.to(p.dtype)).sum() + self.fixed_ms
 
     def combine(self, ce: torch.Tensor, expected_ms: torch.Tensor) -> torch.Tensor:
-        """The configured loss from the cross-entropy and an expected latency (ms) already computed."""
+        """The configured loss from the cross-entropy and an expected latency (ms) already computed (in fp32 at
+        least: a bf16 cross-entropy of a ``bf16-mixed`` step is upcast)."""
         c = self.config
-        if c.mode == "add#linear":
-            return ce + c.lam * (expected_ms - c.target_ms) / c.target_ms
-        unit = c.log_unit
-        factor = (torch.log(expected_ms / unit) / math.log(c.target_ms / unit)) ** c.beta
-        return c.alpha * ce * factor
+        ce, expected_ms = _full(ce), _full(expected_ms)
+        with _no_autocast(expected_ms):
+            if c.mode == "add#linear":
+                return ce + c.lam * (expected_ms - c.target_ms) / c.target_ms
+            unit = c.log_unit
+            factor = (torch.log(expected_ms / unit) / math.log(c.target_ms / unit)) ** c.beta
+            return c.alpha * ce * factor
 
     def forward(self, ce: torch.Tensor, alphas: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """``combine(ce, expected_latency(alphas))``: the architecture step's loss (a scalar tensor)."""

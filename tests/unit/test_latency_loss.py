@@ -162,3 +162,57 @@ def test_config_and_input_errors():
         loss.expected_latency({"a": torch.zeros(3), "b": torch.zeros(4), "c": torch.zeros(3)})
     with pytest.raises(ValueError, match="matrix of shape \\(3, 4\\)"):
         loss.expected_latency(torch.zeros(3, 3))
+
+
+# -- under bf16 autocast (bf16-mixed training): the latency term stays in fp32 or wider -----------------------------
+@pytest.mark.parametrize("mode", ["mul#log", "add#linear"])
+def test_gradient_matches_central_differences_under_bf16_autocast(mode):
+    """fp64 parameters: autocast changes nothing, the exact check holds with autocast on (a bf16 CE included)."""
+    table = small_table()
+    loss = LatencyLoss(table, LatencyLossConfig(target_ms=3.0 * FIXED_MS, mode=mode, lam=0.7))
+    ce = torch.tensor(1.3, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        for seed in range(3):
+            alpha = random_alpha(table, seed)
+            assert loss(ce, alpha).dtype == torch.float64
+            assert check_gradient(loss, alpha, ce) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["mul#log", "add#linear"])
+def test_fp32_parameters_under_autocast_give_the_fp32_values_and_gradient(proxyless_table, mode):
+    """fp32 architecture parameters (as ProxylessSupernet holds them): under autocast the value and the gradient
+    are bit-identical to those without autocast, in fp32, and agree with central differences in fp64."""
+    table = proxyless_table
+    loss = LatencyLoss(table, LatencyLossConfig(target_ms=0.5 * (table.min_latency() + table.max_latency()),
+                                                mode=mode))
+    alpha = random_alpha(table, seed=4, scale=0.5).detach().float().requires_grad_()
+    ce = torch.tensor(2.125)   # exact in bf16: the bf16 CE of a bf16-mixed step is the same number
+    (plain,) = torch.autograd.grad(loss(ce, alpha), alpha)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = loss.expected_latency(alpha)
+        value = loss(ce.bfloat16(), alpha)
+        (auto,) = torch.autograd.grad(value, alpha)
+    assert expected.dtype == value.dtype == auto.dtype == torch.float32
+    assert torch.equal(auto, plain)
+    reference = LatencyLoss(table, loss.config)
+    numeric = central_differences(lambda a: reference(ce.double(), a), alpha.detach().double(), h=1e-5)
+    mask = loss.mask
+    rel = (auto.double() - numeric).abs()[mask] / numeric.abs()[mask].clamp_min(1e-12)
+    assert float(rel.max()) < 1e-3   # fp32 autograd against fp64 differences
+
+
+def test_bf16_parameters_are_computed_in_fp32(proxyless_table):
+    """bf16 parameters: the expected latency is the fp32 sum of their probabilities (a bf16 sum would be off by
+    ~1e-3); the gradient reaches the bf16 parameters."""
+    table = proxyless_table
+    loss = LatencyLoss(table, LatencyLossConfig(target_ms=table.max_latency(), mode="add#linear"))
+    alpha = random_alpha(table, seed=5).detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = loss.expected_latency(alpha)
+        value = loss(torch.tensor(1.0, dtype=torch.bfloat16), alpha)
+        (grad,) = torch.autograd.grad(value, alpha)
+    exact = float(loss.expected_latency(alpha.detach().double()))   # the same parameter values, in fp64
+    assert expected.dtype == value.dtype == torch.float32
+    assert float(expected) == pytest.approx(exact, rel=1e-6)
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all() and grad[loss.mask].abs().sum() > 0
