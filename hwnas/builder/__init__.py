@@ -39,9 +39,9 @@ _LAZY = {
     "reference_workload": "hwnas.builder._protocol",
     "reference_ms": "hwnas.builder._protocol",
     # device
-    "fingerprint": "hwnas.builder._device",
-    "same_device": "hwnas.builder._device",
-    "same_runtime": "hwnas.builder._device",
+    "fingerprint": "hwnas.device",
+    "same_device": "hwnas.device",
+    "same_runtime": "hwnas.device",
     # fusion
     "fuses": "hwnas.builder._fusion",
     "vote": "hwnas.builder._fusion",

@@ -4,7 +4,7 @@ A store is a ``.jsonl`` file (or ``.jsonl.gz``, the compressed copy kept in a re
 object with a ``type``:
 
 ``device``
-    ``fingerprint_id`` and the full ``fingerprint`` (see :mod:`hwnas.builder._device`) of a machine that wrote
+    ``fingerprint_id`` and the full ``fingerprint`` (see :mod:`hwnas.device`) of a machine that wrote
     measurements; written once per machine when a store is opened for writing.
 ``protocol``
     ``protocol_id`` and the ``protocol`` dict; written the first time a protocol is used.
