@@ -134,6 +134,35 @@ def load_latency_predictor(name_or_path: str | os.PathLike = AUTO, backend: str 
 CALIBRATION_TERMS = {"per_kernel": None, "per_mparam": "params", "per_melem": "out_elems"}
 
 
+def _default_input_shape(model: Any, model_type: str, input_shape: Sequence[int] | None) -> Sequence[int] | None:
+    """``input_shape`` when given; else 1x3x224x224 for an ``nn.Module``, the input shape a TorchScript or ONNX
+    file's hwnas metadata records, or ``None`` (the capture then takes an ONNX file's static dims, or asks for it)."""
+    if input_shape is not None:
+        return input_shape
+    if model_type == "torch":
+        return (1, 3, 224, 224)
+    if not isinstance(model, (str, os.PathLike)) or not os.path.isfile(os.fspath(model)):
+        return None
+    if model_type == "torchscript":
+        from hwnas.export import ExportError, read_metadata
+
+        try:
+            recorded = read_metadata(os.fspath(model)).get("input_shape")
+        except ExportError:   # not written by hwnas export
+            recorded = None
+        if not recorded:
+            from hwnas.errors import InputShapeError
+
+            raise InputShapeError(f"{os.fspath(model)} records no input shape (no hwnas export metadata): pass "
+                                  "input_shape, e.g. (1, 3, 224, 224)")
+        return tuple(int(s) for s in recorded)
+    if model_type == "onnx":
+        from hwnas.graph._onnx import onnx_input_shapes
+
+        return onnx_input_shapes(os.fspath(model))[1]
+    return None
+
+
 def _read_calibration(cal: Any, name: str) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
     """Kernel factors, additive terms and intercept (ms) of a ``calibration`` entry, checked: finite, factors > 0,
     terms >= 0 and known."""
@@ -244,12 +273,13 @@ class LatencyPredictor:
         return detect_kernels(graph, self.rules)
 
     def kernels(self, model: Any, model_type: str = "torch",
-                input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> list[Kernel]:
+                input_shape: Sequence[int] | None = None) -> list[Kernel]:
         """Kernels of a model; the capture is cached per model object (or file) and input shape.
 
         The cache holds a weak reference to ``nn.Module`` and TorchScript objects: a model changed in place
         after a prediction keeps its old graph; call :meth:`clear_cache` after changing its structure.
         """
+        input_shape = _default_input_shape(model, model_type, input_shape)
         shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         key = (model_type, shape)
         if isinstance(model, (str, os.PathLike)):
@@ -312,15 +342,18 @@ class LatencyPredictor:
         return out
 
     def predict(self, model: Any, model_type: str = "torch",
-                input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> float:
+                input_shape: Sequence[int] | None = None) -> float:
         """Predicted latency of ``model``, in ms.
 
         Parameters
         ----------
         model : nn.Module, ScriptModule, onnx.ModelProto, OpGraph, or a file path
         model_type : {"torch", "torchscript", "onnx", "graph"}
-        input_shape : sequence of int
-            Input shape with batch, NCHW. Should match the predictor's ``batch_size``.
+        input_shape : sequence of int, optional
+            Input shape with batch, NCHW. Should match the predictor's ``batch_size``. Default: 1x3x224x224 for
+            an ``nn.Module``; for a TorchScript or ONNX file the input shape its hwnas metadata records
+            (``hwnas export``), else an ONNX file's static input dims; a file with neither needs it (an
+            :class:`~hwnas.errors.InputShapeError`, never a 224 px guess).
 
         Returns
         -------
@@ -332,7 +365,7 @@ class LatencyPredictor:
         return float(self.kernel_latencies(kernels).sum()) + self.overhead_ms
 
     def predict_kernels(self, model: Any, model_type: str = "torch",
-                        input_shape: Sequence[int] | None = (1, 3, 224, 224)) -> list[dict[str, Any]]:
+                        input_shape: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """One row per kernel: ``type``, ``ops``, ``nodes``, ``features``, ``ms`` (for debugging).
 
         The rows sum to :meth:`predict` minus :attr:`overhead_ms`."""

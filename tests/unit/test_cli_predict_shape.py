@@ -93,3 +93,21 @@ def test_torchvision_keeps_its_224_default(capsys):
     code, out, err = _predict(capsys, "--torchvision", "resnet18")
     assert code == 0, err
     assert out["input_shape"] == [1, 3, 224, 224]
+
+
+def test_the_python_api_reads_the_shape_from_the_file_too(files):
+    from hwnas import load_latency_predictor
+    from hwnas.errors import CaptureError, InputShapeError
+
+    p = load_latency_predictor("auto")
+    at20 = (1, 3, 20, 20)
+    assert p.predict(str(files / "hwnas.pt"), "torchscript") == p.predict(str(files / "hwnas.pt"), "torchscript", at20)
+    assert p.predict(str(files / "hwnas.onnx"), "onnx") == p.predict(str(files / "hwnas.onnx"), "onnx", at20)
+    assert p.predict(str(files / "static.onnx"), "onnx") == p.predict(str(files / "static.onnx"), "onnx", at20)
+    rows = p.predict_kernels(str(files / "hwnas.pt"), "torchscript")
+    assert sum(r["ms"] for r in rows) + p.overhead_ms == pytest.approx(p.predict(str(files / "hwnas.pt"), "torchscript"))
+    with pytest.raises(InputShapeError, match="records no input shape"):   # not a 224 px guess
+        p.predict(str(files / "plain.pt"), "torchscript")
+    with pytest.raises(CaptureError, match="no static shape"):
+        p.predict(str(files / "dynamic.onnx"), "onnx")
+    assert p.predict(_net(), "torch") == p.predict(_net(), "torch", (1, 3, 224, 224))   # a module keeps its default
