@@ -1,6 +1,7 @@
 """``make demo-predictor``: the embedded predictor on torchvision models and random subnets, predicted vs measured.
 
-Loads an installed ``torchscript-cpu`` predictor (or ``--predictor``), predicts torchvision models and random
+Loads the ``auto`` predictor, the ``torchscript-cpu`` one of this machine (as every entry point does; or
+``--predictor``; a warning names what differs when none matches), predicts torchvision models and random
 subnets of the SPOS and ProxylessNAS spaces, and measures three of them on this machine with the same backend, side
 by side, so the printout shows predicted and measured milliseconds together. (The README's main job is the random
 multi-trial search, ``make demo``: ``python -m experiments.random_search``.) With no predictor installed it shows
@@ -66,10 +67,13 @@ def _models() -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--predictor", default=None, help="predictor name or path (default: embedded torchscript-cpu)")
+    ap.add_argument("--predictor", default="auto",
+                    help="auto (the one of this machine), auto:BACKEND, a predictor name or directory (%(default)s)")
     ap.add_argument("--no-measure", action="store_true", help="skip measuring on this machine")
     args = ap.parse_args()
-    warnings.filterwarnings("ignore")
+    # torch's own deprecation notices only; every warning of hwnas (a predictor of another machine, ...) shows
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     torch.set_num_threads(1)
     name = args.predictor or default_predictor()
     if name is None:
@@ -92,8 +96,15 @@ def main() -> None:
             real = measure_latency(model, backend=pred.backend, input_shape=shape)
             meas, ratio = f"{real:12.2f}", f"{ms / real:6.2f}"
         print(f"{label:28s} {macs:8.1f} {ms:13.2f} {took:5.0f}ms {meas:>12s} {ratio:>6s}")
-    print("\npredicted: hwnas kernel-level predictor; measured: this machine now, same backend and protocol "
-          "(machines of this kind drift 10-30% between processes; see the predictor's accuracy report)")
+    print("\npredicted: hwnas kernel-level predictor; measured: this machine now, same backend and protocol; ratio: "
+          "predicted / measured.")
+    if not args.no_measure:
+        from hwnas.predictor import adapt_command
+
+        print(f"A ratio far from 1 (beyond about 0.9-1.1, the noise of a shared VM) means {pred.name} does not "
+              f"describe this machine, or that other work shares its cores (measured here runs slower then): "
+              f"`hwnas list-predictors` shows whether a predictor matches this machine, and "
+              f"`{adapt_command(pred.backend)}` makes one (about ten minutes).")
 
 
 if __name__ == "__main__":
