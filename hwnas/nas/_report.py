@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -411,10 +410,10 @@ def _export_best(report: SearchReport, net: Any, space: str, space_config: Mappi
                             "architecture only")
         return
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            exp = fn(space, dict(best["arch"]), out=best_dir / "model.pt", weights=net.state_dict(),
-                     config=dict(space_config), predictor=predictor, measure=measure)
+        # no warnings filter: the exporter hides torch's deprecation notices itself, and every other warning
+        # (a traced fallback, a predictor of another machine) is the user's to see
+        exp = fn(space, dict(best["arch"]), out=best_dir / "model.pt", weights=net.state_dict(),
+                 config=dict(space_config), predictor=predictor, measure=measure)
     except HwnasError as err:
         report.notes.append(f"export of the best network failed: {err}")
         return
