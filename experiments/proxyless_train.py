@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_nodes=args.num_nodes, strategy="ddp_find_unused_parameters_true" if world > 1 else "auto",
         precision=args.precision, compile=args.compile, checkpoint_dir=str(out / "checkpoints"),
         resume=args.resume, seed=args.seed, progress=args.progress)
-    channels_last = trainer_cfg.channels_last and trainer_cfg.uses_cuda
+    channels_last = trainer_cfg.uses_channels_last
     loader = dict(num_workers=args.workers, channels_last=channels_last)
     batches = ProxylessBatches(make_loader(weight_ds, args.batch_size, train=True, seed=args.seed, **loader),
                                make_loader(arch_ds, args.batch_size, train=True, seed=args.seed + 1, **loader),

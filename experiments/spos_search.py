@@ -117,7 +117,7 @@ def configs(args: argparse.Namespace) -> dict[str, Any]:
         strategy = "ddp_find_unused_parameters_true"  # one path per step: the other candidates get no gradient
     trainer = TrainerConfig(max_epochs=args.epochs, max_steps=args.max_steps, accelerator=args.accelerator,
                             devices=devices, num_nodes=args.num_nodes, strategy=strategy, precision=args.precision,
-                            channels_last=not args.no_channels_last, compile=args.compile,
+                            channels_last=False if args.no_channels_last else None, compile=args.compile,
                             checkpoint_dir=str(Path(args.out_dir) / "checkpoints"), resume=args.resume, seed=args.seed,
                             progress=not args.no_progress, log_every_n_steps=args.log_every)
     supernet = SupernetConfig(lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
     train_ds = load_dataset(args.data, "train", root=args.data_root, image_size=args.image_size)
     val_ds = load_dataset(args.data, "val", root=args.data_root, image_size=args.image_size)
-    channels_last = cfgs["trainer"].channels_last and cfgs["trainer"].uses_cuda
+    channels_last = cfgs["trainer"].uses_channels_last
     train_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed, num_workers=args.num_workers,
                                channels_last=channels_last)
     val_loader = make_loader(val_ds, 2 * args.batch_size, train=False, num_workers=args.num_workers,

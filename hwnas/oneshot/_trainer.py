@@ -3,9 +3,9 @@
 Interface (what the one-shot modules code against)
 --------------------------------------------------
 - :class:`TrainerConfig` — dataclass: ``max_epochs=1, max_steps=None, accelerator="auto", devices=1,
-  num_nodes=1, strategy="auto", precision=None, channels_last=True, compile=False, checkpoint_dir=None,
+  num_nodes=1, strategy="auto", precision=None, channels_last=None, compile=False, checkpoint_dir=None,
   resume=False, seed=0, progress=True, log_every_n_steps=50, checkpoint_every_n_steps=None``.
-  ``precision=None`` means ``"bf16-mixed"`` on CUDA and ``"32-true"`` elsewhere.
+  ``precision=None``: ``"bf16-mixed"`` on CUDA, else ``"32-true"``; ``channels_last=None``: on CUDA only.
 - :func:`make_trainer` ``(cfg, callbacks=()) -> pytorch_lightning.Trainer`` — a checkpoint (``last.ckpt``) at
   the end of every epoch (and every ``checkpoint_every_n_steps``), ``on_exception.ckpt`` when training is
   interrupted (an exception, Ctrl+C, SIGTERM), RNG states in every checkpoint, channels_last and optional
@@ -37,14 +37,14 @@ are Lightning's business and resume exactly (checked for a per-step ``LambdaLR``
 Without ``resume`` a run starts fresh and removes the checkpoints an earlier run left in ``checkpoint_dir``; it
 never resumes silently (Lightning does, with its ``OnExceptionCheckpoint`` callback: hwnas uses its own).
 
-Limitations: tested on CPU only (the test machine has no GPU); the CUDA paths (bf16, channels_last, resident
-data on the device, DDP sharding of :class:`ResidentLoader`) follow Lightning's documented behaviour but are
-not exercised by the tests.
+Limitations: the tests run on CPU (tests/integration/test_oneshot_modes.py: bf16-mixed, channels_last and
+``compile=True`` on CPU); multi-process DDP and the CUDA-only parts (resident data on the GPU, NCCL) are not
+exercised by the tests (``experiments/gpu/run.sh`` runs the single-GPU paths).
 
-GPU use: bf16 autocast (Lightning's ``"bf16-mixed"``), channels_last weights and inputs (CUDA only; a no-op
-on CPU), no per-step host synchronisation in the harness itself (the progress bar refreshes every
-``log_every_n_steps`` steps; modules should log per-step values without ``prog_bar`` and accumulate
-metrics on the device). Multi-GPU and multi-node through Lightning's strategies (``devices``, ``num_nodes``,
+GPU use: bf16 autocast (Lightning's ``"bf16-mixed"``), channels_last weights and inputs (by default on CUDA
+only; ``channels_last=True`` on the CPU too), no per-step host synchronisation in the harness itself (the
+progress bar refreshes every ``log_every_n_steps`` steps; modules should log per-step values without
+``prog_bar`` and accumulate metrics on the device). Multi-GPU and multi-node through Lightning's strategies (``devices``, ``num_nodes``,
 ``strategy="ddp"``); a single-path supernet needs ``"ddp_find_unused_parameters_true"``.
 """
 
@@ -93,10 +93,10 @@ class TrainerConfig:
         Lightning strategy (``"auto"``, ``"ddp"``, ``"ddp_find_unused_parameters_true"``, ...).
     precision : str, optional
         Lightning precision; ``None``: ``"bf16-mixed"`` on CUDA, ``"32-true"`` otherwise.
-    channels_last : bool
-        Weights and image batches in channels_last memory format on CUDA (ignored on CPU).
-    compile : bool
-        ``torch.compile`` the module's ``compile_targets()`` (the whole module when it has none).
+    channels_last : bool, optional
+        Weights and image batches in channels_last memory format; ``None``: on CUDA only.
+    compile : bool or str
+        ``torch.compile`` the ``compile_targets()`` (else the whole module); a string names the backend.
     checkpoint_dir : str, optional
         Folder of ``last.ckpt`` / ``on_exception.ckpt`` and the CSV log; ``None``: no checkpoints, no log.
     resume : bool
@@ -118,8 +118,8 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str | None = None
-    channels_last: bool = True
-    compile: bool = False
+    channels_last: bool | None = None
+    compile: bool | str = False
     checkpoint_dir: str | None = None
     resume: bool = False
     seed: int = 0
@@ -148,6 +148,11 @@ class TrainerConfig:
     def uses_cuda(self) -> bool:
         """Whether training runs on CUDA devices."""
         return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+
+    @property
+    def uses_channels_last(self) -> bool:
+        """Whether weights and batches are channels_last (``channels_last``, or CUDA when it is ``None``)."""
+        return self.uses_cuda if self.channels_last is None else bool(self.channels_last)
 
 
 def resolve_precision(cfg: TrainerConfig) -> str:
@@ -219,7 +224,7 @@ class ResidentLoader:
     device : torch.device or str, optional
         Where the tensors live; ``None`` until :func:`fit` (or the first iteration: CPU) decides.
     channels_last : bool
-        Store 4-D tensors in channels_last memory format (on CUDA only).
+        Yield 4-D tensors in channels_last memory format (stored as NHWC rows: a batch is a gather, no copy).
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, *, shuffle: bool = True,
@@ -241,6 +246,7 @@ class ResidentLoader:
         self.channels_last = bool(channels_last)
         self._device = None if device is None else torch.device(device)
         self._skip = 0
+        self._nhwc: tuple[torch.Tensor | None, ...] | None = None
 
     batch_sampler = None  # read by Lightning's DataLoader checks: there is none
 
@@ -256,7 +262,7 @@ class ResidentLoader:
 
     def to(self, device: torch.device | str) -> "ResidentLoader":
         """Keep the tensors on ``device`` (moved lazily, at the next iteration)."""
-        self._device = torch.device(device)
+        self._device, self._nhwc = torch.device(device), None
         return self
 
     def set_epoch(self, epoch: int) -> None:
@@ -290,9 +296,8 @@ class ResidentLoader:
         device = self._device or torch.device("cpu")
         if any(t.device != device for t in self._tensors):
             self._tensors = tuple(t.to(device) for t in self._tensors)
-        if self.channels_last and device.type == "cuda":
-            self._tensors = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
-                                  for t in self._tensors)
+        if self.channels_last and self._nhwc is None:   # index_select of NCHW rows would drop channels_last
+            self._nhwc = tuple(t.permute(0, 2, 3, 1).contiguous() if t.dim() == 4 else None for t in self._tensors)
         return self._tensors
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -307,9 +312,11 @@ class ResidentLoader:
             order = order[rank::world]
         order = order.to(tensors[0].device)
         start, self._skip = self._skip, 0
+        nhwc = self._nhwc if self.channels_last else None
         for b in range(start, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield tuple(t.index_select(0, index) for t in tensors)
+            yield tuple(t.index_select(0, index) if nhwc is None or nhwc[i] is None
+                        else nhwc[i].index_select(0, index).permute(0, 3, 1, 2) for i, t in enumerate(tensors))
 
 
 def _channels_last_collate(batch: list) -> Any:
@@ -342,7 +349,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     num_workers : int
         Worker processes of the ``DataLoader`` (not resident).
     channels_last : bool
-        Image batches in channels_last memory format (CUDA; copies keep the format).
+        Image batches in channels_last memory format (host-to-device copies keep the format).
 
     Returns
     -------
@@ -363,7 +370,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed) if train else None,
                       drop_last=train, num_workers=num_workers, pin_memory=cuda,
                       persistent_workers=num_workers > 0,
-                      collate_fn=_channels_last_collate if channels_last and cuda else None)
+                      collate_fn=_channels_last_collate if channels_last else None)
 
 
 # --- RNG state as weights_only-safe values --------------------------------------------------------------------------
@@ -406,12 +413,13 @@ class _Harness(Callback):
         if self._applied or stage != "fit":
             return
         self._applied = True
-        if self.cfg.channels_last and trainer.strategy.root_device.type == "cuda":
+        if self.cfg.uses_channels_last:
             pl_module.to(memory_format=torch.channels_last)
         if self.cfg.compile:
             targets = pl_module.compile_targets() if hasattr(pl_module, "compile_targets") else [pl_module]
+            kwargs = {} if self.cfg.compile is True else {"backend": self.cfg.compile}
             for module in targets:
-                module.compile()  # in place: state-dict keys stay as they are
+                module.compile(**kwargs)  # in place: state-dict keys stay as they are
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loop = trainer.fit_loop
@@ -452,13 +460,9 @@ class _SaveOnException(Callback):
 
 def _train_loaders(trainer: pl.Trainer) -> list[Any]:
     source = trainer.train_dataloader
-    if source is None:
-        return []
-    if isinstance(source, (list, tuple)):
-        return list(source)
     if isinstance(source, dict):
         return list(source.values())
-    return [source]
+    return [] if source is None else list(source) if isinstance(source, (list, tuple)) else [source]
 
 
 # --- trainer --------------------------------------------------------------------------------------------------------
@@ -586,7 +590,7 @@ def fit(module: pl.LightningModule, train_loader: Any, val_loader: Any = None,
     for loader in (train_loader, val_loader):
         if isinstance(loader, ResidentLoader) and loader.device is None:
             loader.to(trainer.strategy.root_device)
-            loader.channels_last = loader.channels_last or (cfg.channels_last and cfg.uses_cuda)
+            loader.channels_last = loader.channels_last or cfg.uses_channels_last
     with warnings.catch_warnings():
         # Expected when resuming, and the harness's own files when not: the checkpoints are overwritten by name.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
