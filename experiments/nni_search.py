@@ -340,11 +340,8 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
     import hwnas
     import search_spaces as ss
     from hwnas.errors import HwnasError
-    from hwnas.nas._budget import LatencyBudget
-    from hwnas.nas._compat import allowlisted_checkpoints, loopback_manager
-    from hwnas.nas._profiler import LatencyFilter
-    from hwnas.nas._report import finish_search
-    from hwnas.nas._trial import TrialRecorder, evaluate_architecture, read_records, traced_dataset
+    from hwnas.nas import LatencyBudget, LatencyFilter, allowlisted_checkpoints, finish_search, loopback_manager
+    from hwnas.nas import TrialRecorder, evaluate_architecture, read_records, traced_dataset
     from hwnas.tables import LatencyTable
 
     say = print_fn or (lambda _msg: None)
@@ -450,7 +447,7 @@ def _weights_source(trained: list[dict], weights_dir: Path | None) -> Callable[[
     """``trial -> state dict`` from the files the trials saved (``None`` when a trial saved none)."""
     import torch
 
-    from hwnas.nas._trial import weights_path
+    from hwnas.nas import weights_path
 
     def weights_of(trial: int) -> Any:
         rec = next((r for r in trained if r["trial"] == trial), None)

@@ -131,10 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import hwnas
     import search_spaces as ss
     from hwnas.data import DataConfig
-    from hwnas.nas._latency_loss import LatencyLossConfig
-    from hwnas.oneshot._bn import recalibrate_bn
-    from hwnas.oneshot._proxyless import ProxylessBatches, ProxylessModule, ProxylessSearchConfig
-    from hwnas.oneshot._trainer import TrainerConfig, fit, make_loader, resolve_precision
+    from hwnas.nas import LatencyLossConfig
+    from hwnas.oneshot import ProxylessBatches, ProxylessModule, ProxylessSearchConfig, recalibrate_bn
+    from hwnas.oneshot import TrainerConfig, fit, make_loader, resolve_precision
     from hwnas.train import evaluate
 
     out = Path(args.out_dir)
@@ -201,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 lr=args.lr, seed=args.seed, device=str(device)))
         finetuned = run.accuracy
         torch.save(tuned.cpu().state_dict(), out / "subnet_finetuned.pt")
-    from hwnas.export._arch_file import arch_document
+    from hwnas.export import arch_document
 
     # the architecture with what rebuilds and prices it (space, config, input shape): `hwnas export --arch` reads it
     (out / "arch.json").write_text(json.dumps(arch_document(args.space, space.config, arch, input_shape=shape),

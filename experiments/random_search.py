@@ -98,8 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def to_config(args: argparse.Namespace) -> Any:
     """The :class:`~hwnas.nas._random_search.RandomSearchConfig` of the parsed options."""
     from hwnas.data import DataConfig
-    from hwnas.nas._budget import LatencyBudget
-    from hwnas.nas._random_search import RandomSearchConfig
+    from hwnas.nas import LatencyBudget, RandomSearchConfig
     from hwnas.train import TrainConfig
 
     budget = None
@@ -133,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
-    from hwnas.nas._random_search import run_random_search
+    from hwnas.nas import run_random_search
 
     if args.threads:
         torch.set_num_threads(int(args.threads))

@@ -107,9 +107,7 @@ def _devices(value: Any) -> int | str:
 
 def configs(args: argparse.Namespace) -> dict[str, Any]:
     """The library configs of a run: trainer, supernet and evolution."""
-    from hwnas.oneshot._evolution import EvolutionConfig
-    from hwnas.oneshot._spos import SupernetConfig
-    from hwnas.oneshot._trainer import TrainerConfig
+    from hwnas.oneshot import EvolutionConfig, SupernetConfig, TrainerConfig
 
     devices = _devices(args.devices)
     strategy = args.strategy
@@ -173,9 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     import search_spaces as ss
     from hwnas.data import load_dataset, num_classes
     from hwnas.nas import BudgetedSampler, LatencyBudget
-    from hwnas.oneshot._evolution import evolve
-    from hwnas.oneshot._spos import SposSupernetModule, SubnetEvaluator
-    from hwnas.oneshot._trainer import fit, make_loader
+    from hwnas.oneshot import SposSupernetModule, SubnetEvaluator, evolve, fit, make_loader
 
     started = time.perf_counter()
     if args.threads:
@@ -237,7 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     result.write_csv(out / "history.csv", "history")
     best_net = evaluator.subnet(best.arch).cpu().float()
     torch.save(best_net.state_dict(), out / "best_subnet.pt")
-    from hwnas.export._arch_file import arch_document
+    from hwnas.export import arch_document
 
     (out / "best_arch.json").write_text(json.dumps(arch_document(  # what `hwnas export --arch` needs
         "spos", space.config, best.arch, input_shape=(1, 3, args.image_size, args.image_size)), indent=1) + "\n",

@@ -14,7 +14,7 @@ Heavy modules (torch, NNI) are imported lazily, on first use of the name that ne
 from __future__ import annotations
 
 from hwnas._lazy import lazy_exports
-from hwnas.nas._compat import quiet_nni_import
+from hwnas.nas import quiet_nni_import
 
 quiet_nni_import()   # before anything imports NNI: its import-time torch-version notices are harmless
 

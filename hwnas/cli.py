@@ -1,6 +1,8 @@
-"""The ``hwnas`` command line: ``hwnas list-predictors | predict | build | export``.
+"""The ``hwnas`` command line: ``hwnas list-predictors | predict | build | adapt | export | ...``.
 
-Argument parsing lives here and only here; each command turns its arguments into library calls.
+The parser is built here; the builder's and the exporter's subcommands add their own options
+(:func:`hwnas.builder.register_commands`, :func:`hwnas.export.register_commands`). Parsing stays at this edge:
+each command turns its arguments into library calls.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from typing import Callable, Sequence
 from hwnas.errors import HwnasError
 
 
-def _shape(text: str) -> tuple[int, ...]:
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape`` of the command line: ``"1,3,224,224"`` (or ``1x3x224x224``) to a tuple of positive ints.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If the text is not such a list (argparse prints it as the option's error).
+    """
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
@@ -154,7 +163,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     src.add_argument("--torchvision", metavar="MODEL", help="a torchvision classification model name")
     src.add_argument("--onnx", metavar="FILE", help="an ONNX file")
     src.add_argument("--torchscript", metavar="FILE", help="a TorchScript file")
-    p.add_argument("--input-shape", type=_shape, default=None,
+    p.add_argument("--input-shape", type=parse_input_shape, default=None,
                    help="e.g. 1,3,224,224 (default: 1,3,224,224 for --torchvision; for --torchscript and --onnx the "
                         "shape hwnas export recorded in the file, else an ONNX file's static input dims; required "
                         "otherwise)")
@@ -162,23 +171,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     p.add_argument("--json", action="store_true", help="print JSON")
     handlers["predict"] = cmd_predict
 
-    for register in _optional_commands():
+    from hwnas.builder import register_commands as builder_commands
+    from hwnas.export import register_commands as export_commands
+
+    for register in (builder_commands, export_commands):
         register(sub, handlers)
     return parser, handlers
-
-
-def _optional_commands() -> list[Callable]:
-    """Commands defined next to their subsystems (builder, export), registered if present."""
-    import importlib
-    import importlib.util
-
-    regs = []
-    for mod in ("hwnas.builder._cli", "hwnas.export._cli"):
-        parent = mod.rsplit(".", 1)[0]
-        if importlib.util.find_spec(parent) is None or importlib.util.find_spec(mod) is None:
-            continue   # subsystem not in this version; a present but broken module still raises
-        regs.append(importlib.import_module(mod).register)
-    return regs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ the same keys.
 
 from __future__ import annotations
 
-from hwnas.nas._compat import quiet_nni_import
+from hwnas.nas import quiet_nni_import
 
 quiet_nni_import()   # before NNI's import below: its notices about torch classes are harmless
 

@@ -58,8 +58,7 @@ def _row(method: str, source: str, pred: dict[str, float], truth: dict[str, floa
 
 def _probe_factor(raw: Path, source) -> float:
     """Median measured/predicted over the probe networks (the single global speed factor)."""
-    from hwnas.builder._adapt import probe_networks
-    from hwnas.builder._store import read_records
+    from hwnas.builder import probe_networks, read_records
 
     measured = {r["model"]: float(r["ms"]) for r in read_records(raw / "networks.jsonl")
                 if r.get("type") == "measurement" and float(r.get("ms", -1)) > 0}
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
 
     import hwnas
-    from hwnas.builder._adapt import AdaptConfig, adapt
+    from hwnas.builder import AdaptConfig, adapt
     from hwnas.device import describe, fingerprint
 
     out = Path(args.out)

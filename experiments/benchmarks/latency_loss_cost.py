@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import hwnas
     import search_spaces as ss
-    from hwnas.nas._latency_loss import LatencyLoss, LatencyLossConfig
-    from hwnas.oneshot._proxyless_supernet import ProxylessSupernet
+    from hwnas.nas import LatencyLoss, LatencyLossConfig
+    from hwnas.oneshot import ProxylessSupernet
 
     device = torch.device(args.device)
     torch.manual_seed(0)

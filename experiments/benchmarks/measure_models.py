@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     import torch
 
-    from hwnas.builder._zoo import measure_zoo
+    from hwnas.builder import measure_zoo
 
     torch.set_num_threads(1)
     done, failed = measure_zoo(args.backend, args.store, args.pass_id, every=args.every,

@@ -141,7 +141,7 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
     import pytorch_lightning as pl
 
     import hwnas
-    from hwnas.oneshot._trainer import TrainerConfig, fit, make_loader, resolve_precision
+    from hwnas.oneshot import TrainerConfig, fit, make_loader, resolve_precision
 
     weight, arch = _data(args)
     pl.seed_everything(0, verbose=False)
@@ -153,8 +153,8 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
     cl = cfg.channels_last and cfg.uses_cuda
     train = make_loader(weight, args.batch_size, train=True, seed=0, channels_last=cl)
     if method == "proxyless":
-        from hwnas.nas._latency_loss import LatencyLossConfig
-        from hwnas.oneshot._proxyless import ProxylessBatches, ProxylessModule, ProxylessSearchConfig
+        from hwnas.nas import LatencyLossConfig
+        from hwnas.oneshot import ProxylessBatches, ProxylessModule, ProxylessSearchConfig
 
         target = 0.5 * (table.min_latency() + table.max_latency())
         module = ProxylessModule(space, table, ProxylessSearchConfig(
@@ -164,7 +164,7 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
         arch_images = (args.steps // args.arch_every) * args.batch_size
     else:
         from hwnas.nas import BudgetedSampler, LatencyBudget
-        from hwnas.oneshot._spos import SposSupernetModule
+        from hwnas.oneshot import SposSupernetModule
 
         module = SposSupernetModule(space, BudgetedSampler(table, LatencyBudget(max_ms=table.max_latency())))
         data, arch_images = train, 0

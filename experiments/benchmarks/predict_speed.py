@@ -42,10 +42,9 @@ def synthetic_predictor(models: list[str], tmp: str):
     import numpy as np
     from sklearn.ensemble import RandomForestRegressor
 
-    from hwnas.builder._fit import features_for
+    from hwnas.builder import features_for
     from hwnas.kernels import FusionRules, detect_kernels
-    from hwnas.predictor._format import write_predictor
-    from hwnas.predictor._regressors import TreeEnsemble
+    from hwnas.predictor import TreeEnsemble, write_predictor
 
     rules = [["conv", "bn"], ["dwconv", "bn"], ["conv", "bn", "relu"], ["conv", "bn", "relu6"],
              ["dwconv", "bn", "relu6"], ["dwconv", "bn", "relu"], ["add", "relu"], ["conv", "bn", "hswish"],

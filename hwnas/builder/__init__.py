@@ -5,16 +5,23 @@ Public API (everything else is private machinery and may change):
 - :func:`measure_latency` — a model's latency in ms on a backend; :func:`measure` keeps the raw run times.
 - :func:`list_backends` — registered backend names (``onnxruntime-cpu``, ``torchscript-cpu``, ``torchscript-cuda``);
   :func:`backend_status` — each with whether it runs on this machine and why not (``hwnas list-backends``).
+- :func:`check_input_shape` — the one check of an input shape (>= 2 positive ints, batch first;
+  :class:`~hwnas.errors.InputShapeError`); :func:`quiet_deprecations` — hides torch's jit/ONNX-export deprecation
+  notices within a block, every other warning stays.
 - :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
 - :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured (from :mod:`hwnas.device`).
 - :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
 - :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
-  transferred from an installed one (``hwnas adapt``).
+  transferred from an installed one (``hwnas adapt``); :func:`probe_networks` — the networks it measures.
+- :func:`measure_zoo` — time the zoo networks end to end into a resumable store (one pass per call);
+  :func:`features_for` — the feature names a kernel type's regressor is fitted on.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module.
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
 
+- :func:`register_commands` — adds ``hwnas build``, ``hwnas adapt`` and the other builder subcommands to the
+  ``hwnas`` parser.
 Names are imported lazily on first use (no torch or onnxruntime import at ``import hwnas.builder``).
 """
 
@@ -32,6 +39,8 @@ _LAZY = {
     "Measurement": "hwnas.builder._backends",
     "BACKENDS": "hwnas.builder._backends",
     # protocol
+    "check_input_shape": "hwnas.builder._backends",
+    "quiet_deprecations": "hwnas.builder._backends",
     "MeasureProtocol": "hwnas.builder._protocol",
     "DEFAULT_PROTOCOL": "hwnas.builder._protocol",
     "QUICK_PROTOCOL": "hwnas.builder._protocol",
@@ -59,8 +68,12 @@ _LAZY = {
     "adapt": "hwnas.builder._adapt",
     "ensure_predictor": "hwnas.builder._adapt",
     "build": "hwnas.builder._build",
+    "probe_networks": "hwnas.builder._adapt",
+    "features_for": "hwnas.builder._fit",
+    "measure_zoo": "hwnas.builder._zoo",
     # store
     "open_store": "hwnas.builder._store",
+    "register_commands": "hwnas.builder._cli",
     "read_records": "hwnas.builder._store",
     "item_key": "hwnas.builder._store",
     "shard": "hwnas.builder._store",

@@ -359,7 +359,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
                       f"here (form {form}): {within}")
     meta["accuracy"] = {"adapt": {"heldout": heldout, "transfer_holdout": transfer.get("holdout"),
                                   "similarity": scores, "forms_cv": forms}}
-    from hwnas.predictor._format import write_predictor
+    from hwnas.predictor import write_predictor
 
     path = write_predictor(out / "predictor", meta, source.regressors)
     registered = None

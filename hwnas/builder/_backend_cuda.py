@@ -30,7 +30,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 from hwnas.builder._backends import (Measurement, TorchScriptCPU, _TS_PLUMBING, _eval_mode, _example_input,
-                                     _first_line, _load_torch, _quiet_deprecations, check_input_shape, torch_threads)
+                                     _first_line, _load_torch, check_input_shape, quiet_deprecations, torch_threads)
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol
 from hwnas.errors import BackendUnavailableError, CaptureError
 
@@ -158,7 +158,7 @@ class TorchScriptCUDA:
         x = _example_input(shape).to(device)
         step = "trace"
         try:
-            with _quiet_deprecations(), torch.no_grad(), torch_threads(threads), _eval_mode(model):
+            with quiet_deprecations(), torch.no_grad(), torch_threads(threads), _eval_mode(model):
                 scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(
                     model, x, check_trace=False)
                 step = "freeze"

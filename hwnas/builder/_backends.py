@@ -156,7 +156,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_deprecations() -> Iterator[None]:
+def quiet_deprecations() -> Iterator[None]:
     """Hide torch's deprecation notices about jit/legacy ONNX export; keep every other warning (TracerWarning)."""
     with warnings.catch_warnings():
         for pattern in (r".*is deprecated.*", r".*legacy TorchScript-based ONNX export.*",
@@ -167,7 +167,7 @@ def _quiet_deprecations() -> Iterator[None]:
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """Validate an input shape: a sequence of >= 2 positive ints (batch included)."""
-    from hwnas.graph._capture import check_input_shape as _check
+    from hwnas.graph._capture import check_input_shape as _check   # issue 14: to come from hwnas.graph
 
     return _check(input_shape)
 
@@ -196,7 +196,7 @@ def _load_torch(source: Any, backend: str) -> Any:
         return source
     if isinstance(source, (str, os.PathLike)):
         try:
-            with _quiet_deprecations():
+            with quiet_deprecations():
                 return torch.jit.load(os.fspath(source), map_location="cpu")
         except Exception as e:  # noqa: BLE001 - any load failure is reported as a capture failure
             raise CaptureError(f"backend {backend!r} could not load TorchScript file {os.fspath(source)!r}: "
@@ -307,7 +307,7 @@ class TorchScriptCPU:
         x = _example_input(shape)
         step = "trace"
         try:
-            with _quiet_deprecations(), torch.no_grad(), torch_threads(threads), _eval_mode(model):
+            with quiet_deprecations(), torch.no_grad(), torch_threads(threads), _eval_mode(model):
                 if isinstance(model, torch.jit.ScriptModule):
                     scripted = model
                 else:
@@ -396,7 +396,7 @@ class OnnxRuntimeCPU:
         _check_cpu_fp32(model, self.name)
         buf = io.BytesIO()
         try:
-            with _quiet_deprecations(), torch.no_grad(), _eval_mode(model):
+            with quiet_deprecations(), torch.no_grad(), _eval_mode(model):
                 torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=ONNX_OPSET,
                                   input_names=["input"], output_names=["output"], do_constant_folding=True)
         except Exception as e:  # noqa: BLE001 - wrapped with the backend named

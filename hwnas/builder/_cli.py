@@ -70,7 +70,16 @@ def cmd_list_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    """Add the builder commands (``hwnas list-backends``, ``hwnas build``, ``hwnas adapt``, ...) to the parser.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``hwnas`` parser's subcommands.
+    handlers : dict
+        Command name -> function of the parsed arguments returning the exit code; filled in here.
+    """
     p = sub.add_parser("list-backends", help="list the measurement backends and whether each runs on this machine")
     p.add_argument("--json", action="store_true", help="print JSON")
     handlers["list-backends"] = cmd_list_backends

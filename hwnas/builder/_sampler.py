@@ -191,7 +191,7 @@ def adaptive_specs(rows: Sequence[dict[str, Any]], *, worst_fraction: float = 0.
     from sklearn.model_selection import cross_val_predict
 
     from hwnas.builder._fit import features_for, unit_feature
-    from hwnas.predictor._regressors import UNIT_FLOOR
+    from hwnas.predictor import UNIT_FLOOR
 
     rng = random.Random(seed)
     measured = {r["key"] for r in rows}

@@ -9,10 +9,13 @@ Public API (everything else is private machinery and may change):
 - :func:`subnet_with_weights` — the plain subnet of an architecture with those weights (no export).
 - :class:`ExportReport` — what an export did (``.to_dict()``, ``.table()``).
 - :func:`read_metadata` — the ``hwnas.json`` metadata of an exported file.
+- :func:`arch_document`, :func:`read_arch_document`, :class:`ArchFile` — the architecture file a search writes
+  (space, config, architecture, input shape) and reads back.
 - :func:`export_onnx`, :class:`OnnxExport` — ONNX file, ``onnx.checker`` and ONNX Runtime parity.
 - :func:`write_triton_repo`, :func:`validate_triton_config`, :class:`TritonConfig` — Triton's PyTorch-backend
   layout, the config validated with Triton's own schema (``tritonclient``).
 - :class:`ExportError` — an export could not be written, read back or checked.
+- :func:`register_commands` — adds ``hwnas export`` to the ``hwnas`` parser.
 
 A file written here loads with plain ``torch.jit.load`` (no hwnas, no NNI)::
 
@@ -35,8 +38,12 @@ _LAZY = {
     "METADATA_FILE": "hwnas.export._torchscript",
     "METADATA_SCHEMA": "hwnas.export._torchscript",
     "ExportReport": "hwnas.export._report",
+    "arch_document": "hwnas.export._arch_file",
+    "read_arch_document": "hwnas.export._arch_file",
+    "ArchFile": "hwnas.export._arch_file",
     "latency_check": "hwnas.export._report",
     "ExportError": "hwnas.export._common",
+    "register_commands": "hwnas.export._cli",
     "export_onnx": "hwnas.export._onnx",
     "OnnxExport": "hwnas.export._onnx",
     "write_triton_repo": "hwnas.export._triton",

@@ -80,8 +80,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
-    from hwnas.cli import _shape
+def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> None:
+    """Add ``hwnas export`` to the ``hwnas`` parser.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The ``hwnas`` parser's subcommands.
+    handlers : dict
+        Command name -> function of the parsed arguments returning the exit code; filled in here.
+    """
+    from hwnas.cli import parse_input_shape
 
     p = sub.add_parser("export", help="export an architecture of a search space to TorchScript (+ ONNX, Triton)",
                        description="Build the subnet of ARCH, load weights, compile it with torch.jit.script, save "
@@ -111,7 +120,7 @@ def register(sub: argparse._SubParsersAction, handlers: dict[str, Callable]) -> 
                    help="space config: number of classes (default: recorded in ARCH.json)")
     p.add_argument("--width-mult", type=float, default=None,
                    help="space config: width multiplier (default: recorded in ARCH.json)")
-    p.add_argument("--input-shape", type=_shape, default=None,
+    p.add_argument("--input-shape", type=parse_input_shape, default=None,
                    help="export input shape, e.g. 1,3,32,32 (default: recorded in ARCH.json, else "
                         "1,3,input_size,input_size)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from hwnas.builder._backends import _quiet_deprecations as quiet_deprecations  # noqa: F401  (shared)
+from hwnas.builder import quiet_deprecations  # noqa: F401  (shared with the backends)
 from hwnas.errors import ExportError  # noqa: F401  (re-exported by hwnas.export)
 
 __all__ = ["ExportError", "check_input_shape", "first_line", "max_abs_diff", "quiet_deprecations",
@@ -21,15 +21,17 @@ def first_line(e: BaseException) -> str:
 
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    """A tuple of >= 2 positive ints (batch first), else :class:`ExportError` naming the shape."""
+    """A tuple of >= 2 positive ints (batch first), else :class:`ExportError` naming the shape.
+
+    The check is :func:`hwnas.builder.check_input_shape`'s; only the error type is the exporters'.
+    """
+    from hwnas.builder import check_input_shape as check
+    from hwnas.errors import InputShapeError
+
     try:
-        shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        raise ExportError(f"input_shape must be a sequence of ints such as (1, 3, 32, 32), got {input_shape!r}") \
-            from None
-    if len(shape) < 2 or min(shape) < 1:
-        raise ExportError(f"input_shape must have a batch and at least one more positive size, got {shape}")
-    return shape
+        return check(input_shape)
+    except InputShapeError as e:
+        raise ExportError(str(e)) from None
 
 
 def writable_dir(directory: Path, what: str) -> None:

@@ -6,7 +6,11 @@ Public API (everything else is private machinery and may change):
   exact feasibility check, per-architecture latency/FLOPs/params, uniform sampling within the budget (NNI-free).
 - :class:`LatencyProfiler`, :class:`LatencyFilter` — NNI's profiler and ``Filter`` middleware backed by a table
   (``Chain(Random(), LatencyFilter(table, budget))``); :func:`evaluate_architecture` — the trial of an NNI
-  experiment; :class:`TrialRecorder` keeps full result dicts; :mod:`hwnas.nas._compat` holds every NNI 3.0 fix.
+  experiment; :class:`TrialRecorder` keeps full result dicts, :func:`read_records` reads them back;
+  :func:`weights_path` — where a trial's trained weights are saved.
+- NNI 3.0 fixes (all in one private module, each with a test): :func:`quiet_nni_import` (NNI's import-time
+  notices), :func:`allowlisted_checkpoints` (checkpoints load with ``weights_only=True``),
+  :func:`loopback_manager` (the experiment manager listens on 127.0.0.1 only), :func:`plain_arch`.
 - :class:`LatencyLoss`, :class:`LatencyLossConfig` — the differentiable hardware-latency loss of ProxylessNAS
   (``mul#log``, ``add#linear``): expected latency from softmax(α) and the table, with an exact gradient to α.
 - :class:`RandomSearchConfig`, :func:`run_random_search` — the resumable random multi-trial search without the
@@ -30,7 +34,12 @@ _LAZY = {
     "evaluate_architecture": "hwnas.nas._trial",
     "traced_dataset": "hwnas.nas._trial",
     "TrialRecorder": "hwnas.nas._trial",
+    "read_records": "hwnas.nas._trial",
+    "weights_path": "hwnas.nas._trial",
     "plain_arch": "hwnas.nas._compat",
+    "quiet_nni_import": "hwnas.nas._compat",
+    "allowlisted_checkpoints": "hwnas.nas._compat",
+    "loopback_manager": "hwnas.nas._compat",
     "LatencyLoss": "hwnas.nas._latency_loss",
     "LatencyLossConfig": "hwnas.nas._latency_loss",
     "LATENCY_LOSS_MODES": "hwnas.nas._latency_loss",

@@ -359,7 +359,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     report.best = best
     best_dir = out / "best"
     files["best_arch"] = best_dir / "arch.json"
-    from hwnas.export._arch_file import arch_document
+    from hwnas.export import arch_document
 
     # Everything `hwnas export --arch best/arch.json` needs: space, its whole configuration, input shape, classes.
     _atomic_write_text(files["best_arch"], json.dumps(

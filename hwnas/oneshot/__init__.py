@@ -7,7 +7,7 @@ Public API (everything else is private machinery and may change):
   architecture batches), :class:`ProxylessSupernet` (the space, ``alpha``, single-path sampling, binary-gate
   gradient).
 - Training harness: :class:`TrainerConfig`, :func:`fit`, :func:`make_trainer`, :func:`make_loader`,
-  :class:`ResidentLoader`, :func:`latest_checkpoint`.
+  :class:`ResidentLoader`, :func:`latest_checkpoint`, :func:`resolve_precision` (the precision a config trains in).
 - Subnet evaluation: :func:`recalibrate_bn`, :func:`batchnorm_layers`.
 - SPOS: :class:`SposSupernetModule`, :class:`SupernetConfig`, :class:`SinglePathSupernet`,
   :class:`SubnetEvaluator` (supernet training within a latency budget, candidates scored with recalibrated
@@ -31,6 +31,7 @@ _LAZY = {
     "fit": "hwnas.oneshot._trainer",
     "make_trainer": "hwnas.oneshot._trainer",
     "make_loader": "hwnas.oneshot._trainer",
+    "resolve_precision": "hwnas.oneshot._trainer",
     "ResidentLoader": "hwnas.oneshot._trainer",
     "latest_checkpoint": "hwnas.oneshot._trainer",
     "recalibrate_bn": "hwnas.oneshot._bn",

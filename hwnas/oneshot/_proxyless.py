@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hwnas.nas._latency_loss import LatencyLoss, LatencyLossConfig
+from hwnas.nas import LatencyLoss, LatencyLossConfig
 
 from ._proxyless_supernet import BINARY_MODES, ProxylessSupernet
 

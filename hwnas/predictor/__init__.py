@@ -6,6 +6,10 @@ group ops into kernels by the predictor's fusion rules (:mod:`hwnas.kernels`), e
 regressor on its kernels' features, and sum. A kernel made only of ops the backend removes
 (``zero_cost_ops``, e.g. dropout at inference) costs 0 ms *by declaration in the predictor*; any other kernel
 without a regressor is an :class:`~hwnas.errors.UnknownKernelError`, never a silent 0.
+
+Public API for writers of predictors (the builder, benchmarks): :func:`write_predictor` and
+:func:`read_predictor` (the checked file format), the regressor classes :class:`TreeEnsemble` and
+:class:`LinearModel`, and :data:`UNIT_FLOOR` (the smallest unit count a per-unit target divides by).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from hwnas.device import explain_differences, fingerprint, isa_level, same_devic
 from hwnas.errors import PredictorFileError, UnknownKernelError
 from hwnas.graph import OpGraph, capture
 from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
-from hwnas.predictor._format import predictor_checksum, read_predictor
+from hwnas.predictor._format import predictor_checksum, read_predictor, write_predictor
 from hwnas.predictor._registry import (AUTO, PredictorEntry, Selection, adapt_command, embedded_dir,
                                       find_predictors, lookup, register_predictor, select, user_dir)
-from hwnas.predictor._regressors import apply_target
+from hwnas.predictor._regressors import UNIT_FLOOR, LinearModel, TreeEnsemble, apply_target
 
 __all__ = ["LatencyPredictor", "list_latency_predictors", "load_latency_predictor", "embedded_dir", "user_dir",
            "register_predictor", "select", "find_predictors", "adapt_command", "DeviceMismatchWarning", "AUTO",
-           "DEFAULT_BACKEND", "PredictorEntry", "Selection", "lookup"]
+           "DEFAULT_BACKEND", "PredictorEntry", "Selection", "lookup", "read_predictor", "write_predictor",
+           "TreeEnsemble", "LinearModel", "UNIT_FLOOR"]
 
 #: Backend of ``"auto"`` when none is named.
 DEFAULT_BACKEND = "torchscript-cpu"
