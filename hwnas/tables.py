@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -46,6 +45,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hwnas.errors import ArchitectureError, FusionBoundaryError, TableFileError
+from hwnas.files import atomic_write
 
 __all__ = ["FusionBoundaryError", "LatencyTable", "TableFileError", "SCHEMA", "SCHEMA_VERSION"]
 
@@ -369,22 +369,8 @@ class LatencyTable:
         return json.loads(json.dumps(self._doc))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the table as one JSON file (atomically: a temporary file, then a rename). Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(self._doc, indent=1, allow_nan=False).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; a table is a shareable artefact
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        """Write the table as one JSON file (atomically, :func:`hwnas.files.atomic_write`). Returns the path."""
+        return atomic_write(path, json.dumps(self._doc, indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":

@@ -31,6 +31,7 @@ Limitations
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import gzip
 import hashlib
@@ -42,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from hwnas import device as _device
 from hwnas.errors import StoreError
+from hwnas.files import atomic_write
 
 STORE_SCHEMA = 1
 _RAW_DECIMALS = 4  # ms -> 0.1 µs
@@ -278,11 +280,16 @@ def _repair_tail(path: str, records: list[dict], good_end: int) -> None:
         with open(path, "r+b") as f:
             f.truncate(good_end)
         return
-    tmp = path + ".repair"
-    with gzip.open(tmp, "wb") as f:
-        for rec in records:
-            f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
-    os.replace(tmp, path)
+    atomic_write(path, _record_writer(path, records))
+
+
+def _record_writer(path: str, records: Iterable[dict]) -> Callable[[Any], None]:
+    """A writer of whole store files for :func:`hwnas.files.atomic_write` (gzip when ``path`` ends in ``.gz``)."""
+    def write(f: Any) -> None:
+        with (gzip.GzipFile(fileobj=f, mode="wb") if _is_gz(path) else contextlib.nullcontext(f)) as out:
+            for rec in records:
+                out.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+    return write
 
 
 def _check_compatible(path: str, devices: Mapping[str, dict], fp: Mapping[str, Any]) -> None:
@@ -460,11 +467,6 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike, force: boo
         if len(protocols) > 1:
             raise StoreError(f"refusing to merge stores measured with different protocols {sorted(protocols)}; "
                              f"pass force=True to merge anyway")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with (gzip.open(tmp, "wb") if _is_gz(out) else open(tmp, "wb")) as f:
-        for rec in [*devices.values(), *protocols.values(), *measurements.values()]:
-            f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
-    os.replace(tmp, out)
+    atomic_write(out, _record_writer(out, [*devices.values(), *protocols.values(), *measurements.values()]))
     return {"out": out, "measurements": len(measurements), "duplicates": duplicates, "sources": sources,
             "devices": sorted(devices), "protocols": sorted(protocols)}

@@ -45,6 +45,7 @@ import numpy as np
 
 from hwnas.data import DataConfig
 from hwnas.errors import HwnasError, InfeasibleBudgetError, StoreError
+from hwnas.files import append_jsonl, atomic_write, read_jsonl
 from hwnas.nas._budget import BudgetedSampler, LatencyBudget
 from hwnas.train import TrainConfig
 
@@ -269,58 +270,30 @@ def _quantile_budget(table: Any, q: float) -> LatencyBudget:
 def read_trials(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
     """The records of a ``trials.jsonl``, in file order.
 
-    A last line without its newline or not valid JSON (a write torn by a kill) is ignored, and with ``repair``
-    cut from the file so that later appends start on a clean line.
+    Read with :func:`hwnas.files.read_jsonl`: a last line without its newline (a write torn by a kill) is dropped
+    with a warning, and with ``repair`` cut from the file so that later appends start on a clean line.
 
     Raises
     ------
     StoreError
-        Any other line is unreadable or is not a trial record.
+        Any other line is unreadable or is not a trial record (the message names the file and the line; remove
+        that line or start afresh with ``--force``).
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    records, offset, good_end = [], 0, 0
-    lines = raw.split(b"\n")
-    for n, line in enumerate(lines, start=1):
-        is_last = n == len(lines) or (n == len(lines) - 1 and lines[-1] == b"")
-        complete = n < len(lines)  # followed by a newline
-        stripped = line.strip()
-        if stripped:
-            try:
-                rec = json.loads(stripped)
-                ok = complete and isinstance(rec, dict) and isinstance(rec.get("trial"), int) and "arch" in rec
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                ok = False
-            if not ok:
-                if is_last:
-                    break   # torn by a kill
-                raise StoreError(f"{path}: line {n} is not a trial record ({stripped[:80]!r}...); the file is "
-                                 "corrupt: remove that line or start afresh (--force)")
-            records.append(rec)
-        offset += len(line) + 1
-        good_end = min(offset, len(raw))
-    if repair and good_end < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return records
+    return read_jsonl(path, valid=_is_trial, repair=repair, what="a trial record")
+
+
+def _is_trial(rec: Any) -> bool:
+    return isinstance(rec, dict) and isinstance(rec.get("trial"), int) and "arch" in rec
 
 
 def _append_record(path: Path, rec: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_jsonable(rec), sort_keys=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, _jsonable(rec), fsync=True)
 
 
 def _save_state(state: Mapping[str, Any], path: Path) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def _prune_weights(weights_dir: Path, records: list[dict[str, Any]], budget: LatencyBudget, top_k: int) -> None:
@@ -364,7 +337,7 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any], fresh: bool, say: Call
 def _write_config(out: Path, identity: dict[str, Any]) -> None:
     cfg_file = out / CONFIG_FILE
     if not cfg_file.is_file():
-        cfg_file.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+        atomic_write(cfg_file, json.dumps(identity, indent=2) + "\n")
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> str:

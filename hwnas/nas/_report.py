@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write
 
 __all__ = ["SearchReport", "finish_search", "format_table", "rank_records", "short_arch"]
 
@@ -192,17 +193,6 @@ def format_table(top: Sequence[Mapping[str, Any]]) -> str:
 
 
 # -- files ----------------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # open() honours the umask (mkstemp would be 0600)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _budget_dict(budget: Any) -> dict[str, Any]:
     return {"max_ms": float(budget.max_ms), "min_ms": None if budget.min_ms is None else float(budget.min_ms)}
 
@@ -344,7 +334,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
            "units": {"latency_ms": "ms (predicted)", "flops": "multiply-accumulates per image", "params": "count"},
            "n_trials": len(recs), "n_within_budget": len(ranked), "top": top}
     files["topk_json"] = out / "topk.json"
-    _atomic_write_text(files["topk_json"], json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write(files["topk_json"], json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")
     files["plot"] = out / "search.png"
     _plot(recs, top, budget, files["plot"],
           title or f"{space}: {len(recs)} trials, {len(ranked)} within budget ({budget})")
@@ -362,7 +352,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     from hwnas.export import arch_document
 
     # Everything `hwnas export --arch best/arch.json` needs: space, its whole configuration, input shape, classes.
-    _atomic_write_text(files["best_arch"], json.dumps(
+    atomic_write(files["best_arch"], json.dumps(
         arch_document(space, space_config, best["arch"], record=best, budget=_budget_dict(budget)),
         indent=2, default=_json_default) + "\n")
 
@@ -392,9 +382,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     import torch
 
     files["best_state_dict"] = best_dir / "state_dict.pt"
-    tmp = best_dir / ".state_dict.pt.tmp"
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, files["best_state_dict"])
+    atomic_write(files["best_state_dict"], lambda f: torch.save(net.state_dict(), f))
 
     if export:
         _export_best(report, net, space, space_config, best, best_dir, predictor, measure)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
 import time
@@ -31,12 +30,11 @@ from nni.nas.execution.event import ModelEventType
 from nni.nas.strategy.middleware import StrategyMiddleware
 
 from hwnas.errors import HwnasError
+from hwnas.files import append_jsonl, atomic_write, read_jsonl
 from hwnas.nas._compat import plain_arch
 
 __all__ = ["TrialRecorder", "arch_key", "evaluate_architecture", "read_records", "traced_dataset",
            "weights_path"]
-
-_logger = logging.getLogger(__name__)
 
 
 def arch_key(arch: Mapping[str, str]) -> str:
@@ -138,11 +136,8 @@ def evaluate_architecture(model: Any, *, train_data: Any, val_data: Any, train: 
                               "steps": int(outcome.steps), "train_seconds": float(outcome.seconds)}
     if weights_dir is not None:
         path = weights_path(weights_dir, arch)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"arch": arch, "state_dict": state, "result": dict(result)}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save({"arch": arch, "state_dict": state, "result": dict(result)}, f))
     result["seconds"] = time.perf_counter() - start
     nni.report_final_result(result)
     return result
@@ -276,8 +271,7 @@ class TrialRecorder(StrategyMiddleware):
         with self._lock:
             self.records.append(rec)
             if self.path is not None:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec, allow_nan=True) + "\n")
+                append_jsonl(self.path, rec)
         if self.on_record is not None:
             self.on_record(rec)
 
@@ -300,18 +294,8 @@ def _json_safe(value: Any) -> Any:
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records a :class:`TrialRecorder` appended to ``path`` (``[]`` if there is no file yet).
 
-    A truncated last line (a launcher killed mid-write) is skipped with a warning.
+    Read with :func:`hwnas.files.read_jsonl`: a torn last line (a launcher killed mid-write) is dropped with a
+    warning; any other line that is not JSON raises :class:`~hwnas.errors.StoreError` naming the file and line.
     """
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            _logger.warning("%s:%d is not a JSON record (skipped)", path, n)
-    return out
+    return read_jsonl(path, what="a JSON record")
 
