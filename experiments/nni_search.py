@@ -252,15 +252,6 @@ def choose_port(preferred: int, *, pair: bool = False) -> int:
     raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
-def quantile_budget(table: Any, q: float, seed: int = 0) -> float:
-    """The ``q`` quantile (ms) of the predicted latency of 100 000 uniformly drawn architectures."""
-    import numpy as np
-
-    rng = np.random.default_rng([int(seed), 0x4E4E49])
-    n = np.asarray(table.n_choices)
-    return float(np.quantile(table.latency_batch((rng.random((100_000, len(n))) * n).astype(np.int64)), float(q)))
-
-
 def _strategy(cfg: StrategySection) -> Any:
     from nni.nas.strategy import Random, RegularizedEvolution
 
@@ -359,9 +350,9 @@ def run(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | None = None
     shape = (1, 3, int(cfg.data.image_size), int(cfg.data.image_size))
     table = LatencyTable.build(space, predictor, input_shape=shape, cache_dir=out / "tables")
     table_path = table.save(out / "latency_table.json")
-    max_ms = cfg.budget.max_ms if cfg.budget.max_ms is not None else quantile_budget(
-        table, cfg.budget.quantile, cfg.strategy.seed)
-    budget = LatencyBudget(float(max_ms), None if cfg.budget.min_ms is None else float(cfg.budget.min_ms))
+    min_ms = None if cfg.budget.min_ms is None else float(cfg.budget.min_ms)
+    budget = (LatencyBudget(float(cfg.budget.max_ms), min_ms) if cfg.budget.max_ms is not None
+              else LatencyBudget.from_table(table, cfg.budget.quantile, min_ms=min_ms))
     latency_filter = LatencyFilter(table, budget, max_consecutive_rejections=cfg.strategy.max_consecutive_rejections)
     say(f"space {cfg.space.name} {space_config}: predicted latency {table.min_latency():.3f}..{table.max_latency():.3f}"
         f" ms on {predictor.name}; budget {budget} accepts about "

@@ -15,7 +15,12 @@ import numpy as np
 
 from hwnas.errors import InfeasibleBudgetError
 
-__all__ = ["BudgetedSampler", "LatencyBudget"]
+__all__ = ["BudgetedSampler", "LatencyBudget", "DEFAULT_QUANTILE", "QUANTILE_DRAWS"]
+
+#: Quantile of the space's predicted latency that :meth:`LatencyBudget.from_table` uses by default.
+DEFAULT_QUANTILE = 0.5
+#: Uniform architectures :meth:`LatencyBudget.from_table` draws (a fixed draw, seed 0).
+QUANTILE_DRAWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,35 @@ class LatencyBudget:
         if self.min_ms is not None and not (isinstance(self.min_ms, (int, float)) and math.isfinite(self.min_ms)
                                             and 0 <= self.min_ms <= self.max_ms):
             raise ValueError(f"min_ms must be in [0, max_ms={self.max_ms}], got {self.min_ms!r}")
+
+    @classmethod
+    def from_table(cls, table: Any, quantile: float = DEFAULT_QUANTILE, *, min_ms: float | None = None
+                   ) -> "LatencyBudget":
+        """The default budget of a search: a quantile of the space's predicted latency.
+
+        The one rule every driver uses when no ``max_ms`` is given: ``max_ms`` is the ``quantile`` quantile of
+        the latency of :data:`QUANTILE_DRAWS` architectures drawn uniformly with a fixed generator (seed 0), so
+        the same space, predictor and quantile give the same budget in every driver, whatever its own seed.
+
+        Parameters
+        ----------
+        table : LatencyTable
+            The space's latency table (``n_choices``, ``latency_batch``).
+        quantile : float
+            In ``(0, 1]``: about this fraction of the architectures is within the budget (0.5 by default).
+        min_ms : float, optional
+            Lower bound, ms, passed through.
+
+        Returns
+        -------
+        LatencyBudget
+        """
+        if not 0.0 < float(quantile) <= 1.0:
+            raise ValueError(f"the budget quantile must be in (0, 1], got {quantile}")
+        rng = np.random.default_rng(0)
+        n = np.asarray(table.n_choices)
+        idx = (rng.random((QUANTILE_DRAWS, len(n))) * n).astype(np.int64)
+        return cls(float(np.quantile(table.latency_batch(idx), float(quantile))), min_ms)
 
     def contains(self, latency_ms: Any) -> Any:
         """Whether ``latency_ms`` (a float or an array, ms) is within the budget."""

@@ -75,8 +75,9 @@ class RandomSearchConfig:
     predictor : str
         Latency predictor (embedded name or directory) defining the latencies, ms.
     budget : LatencyBudget, optional
-        The latency budget. ``None``: ``max_ms`` is the ``budget_quantile`` quantile of the latency of uniformly
-        drawn architectures, so about that share of the space passes.
+        The latency budget. ``None``: :meth:`LatencyBudget.from_table` with ``budget_quantile`` (the quantile of
+        the latency of uniformly drawn architectures, the same rule as the NNI search), so about that share of
+        the space passes.
     budget_quantile : float
         See ``budget``; in (0, 1].
     trials : int
@@ -257,15 +258,6 @@ def _load_or_build_table(path: Path, cfg: RandomSearchConfig, predictor: Any) ->
     return table
 
 
-def _quantile_budget(table: Any, q: float) -> LatencyBudget:
-    """The ``q`` quantile of the latency of 100,000 uniform architectures (a fixed draw: the same for any seed)."""
-    rng = np.random.default_rng(0)
-    n = np.asarray(table.n_choices)
-    idx = (rng.random((100_000, len(n))) * n).astype(np.int64)
-    lat = table.latency_batch(idx)
-    return LatencyBudget(float(np.quantile(lat, float(q))))
-
-
 # -- files --------------------------------------------------------------------------------------------------------
 def read_trials(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
     """The records of a ``trials.jsonl``, in file order.
@@ -395,7 +387,7 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     train_ds, val_ds = cfg.data.dataset("train"), cfg.data.dataset("val")
     predictor = hwnas.load_latency_predictor(cfg.predictor)
     table = _load_or_build_table(out / TABLE_FILE, cfg, predictor)
-    budget = cfg.budget or _quantile_budget(table, cfg.budget_quantile)
+    budget = cfg.budget or LatencyBudget.from_table(table, cfg.budget_quantile)
     sampler = BudgetedSampler(table, budget)
     sampler.check_feasible()
     lo, hi = table.min_latency(), table.max_latency()

@@ -157,3 +157,17 @@ def test_sample_many_of_zero_is_empty(table):
     # Bug report for hwnas/nas/_budget.py (lead's file): with n=0 the loop never runs and
     # np.concatenate([]) raises "need at least one array to concatenate".
     assert BudgetedSampler(table, 2.6).sample_many(0, rng=0) == []
+
+
+def test_from_table_is_the_quantile_of_a_fixed_uniform_draw():
+    table = _table()
+    every = np.array([table.latency(dict(zip([f"b{i}" for i in range(3)], [f"c{j}" for j in combo])))
+                      for combo in itertools.product(*(range(len(r)) for r in ROWS))])
+    budget = LatencyBudget.from_table(table, 0.5)
+    assert budget == LatencyBudget.from_table(table, 0.5)   # no seed: one draw, one budget
+    assert every.min() <= budget.max_ms <= every.max()
+    assert abs(np.mean(every <= budget.max_ms) - 0.5) < 0.1
+    assert LatencyBudget.from_table(table, 1.0).max_ms == pytest.approx(every.max())
+    assert LatencyBudget.from_table(table, 0.5, min_ms=0.1).min_ms == 0.1
+    with pytest.raises(ValueError, match="quantile"):
+        LatencyBudget.from_table(table, 0.0)
