@@ -180,27 +180,47 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
 def recalibrate_bn(model: nn.Module, batches: Any, n_batches: int, device: str = "cpu") -> int:
     """Reset every BatchNorm's running statistics and recompute them as exact averages over ``n_batches`` batches.
 
-    The model runs in train mode without gradients (cumulative average: ``momentum=None``); momenta and the
-    model's mode are restored afterwards. Returns the number of batches used (0 if the model has no BatchNorm).
+    The work is :func:`hwnas.oneshot.recalibrate_bn`'s (one behaviour: only the BatchNorm layers in train mode,
+    no gradients, cumulative average ``momentum=None``, momenta restored; no batches is an error), in fp32; this
+    wrapper adds the training loop's conventions: ``n_batches <= 0`` turns recalibration off, the model's mode is
+    restored, and the number of batches used is returned.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained network, on ``device``.
+    batches : iterable
+        Training batches ``(x, y, ...)``.
+    n_batches : int
+        Use at most this many; ``<= 0``: do nothing.
+    device : str
+        Where each input is moved first.
+
+    Returns
+    -------
+    int
+        Batches used (0 when off or the model has no BatchNorm).
+
+    Raises
+    ------
+    ValueError
+        ``batches`` yielded nothing (the statistics were reset and nothing was measured).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or n_batches <= 0:
+    from hwnas.oneshot import batchnorm_layers, recalibrate_bn as recalibrate
+
+    if n_batches <= 0 or not batchnorm_layers(model):
         return 0
-    momenta = [m.momentum for m in bns]
+    drawn = 0
+
+    def counted() -> Any:
+        nonlocal drawn
+        for batch in batches:
+            drawn += 1
+            yield batch
+
     was_training = model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    used = 0
     try:
-        for x, *_ in batches:
-            if used >= n_batches:
-                break
-            model(x.to(device, non_blocking=True))
-            used += 1
+        recalibrate(model, counted(), int(n_batches), device=device, autocast=False)
     finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
         model.train(was_training)
-    return used
+    return min(drawn, int(n_batches))   # the loop draws one batch past the last it uses
