@@ -17,7 +17,7 @@ Phases (Guo et al., "Single Path One-Shot NAS", ECCV 2020, with predicted latenc
     python -m experiments.spos_search --config experiments/configs/spos.yaml --out-dir runs/spos --resume
     python -m experiments.spos_search --data cifar10 --data-root ~/data/cifar10 --devices 4 --budget-ms 3.5 ...
 
-Without ``--budget-ms`` the budget is the fastest latency of the space plus ``--budget-fraction`` (0.4) of its
+Without ``--budget-ms`` the budget is the fastest latency of the space plus ``--budget-fraction`` (0.35) of its
 range. YAML keys are the long option names with ``_`` (``budget_ms: 3.2``); command-line options override them.
 The defaults are those of the reported digits run (the supernet needs about 2000 steps at this size before
 its paths agree and the loss leaves chance level; 60 epochs with the LR decayed to zero by then stayed near

@@ -5,7 +5,7 @@ other), each time with the same protocol, keeping the raw run times; then, for e
 prints the spread across processes (max/min - 1) and the share of process pairs within ±5% and ±10% — the noise
 ceiling a predictor's accuracy is judged against — and recommends the statistic with the most pairs within ±10%.
 Each process also times the reference workload (:func:`hwnas.builder.reference_workload`), so the same figures
-are printed for latencies divided by the reference (the calibration step of shared/MEASURING.md).
+are printed for latencies divided by the reference (how much of the spread a rescaling by it would remove).
 
 Models: torchvision constructor names (``resnet18``, ``mobilenet_v2``..., built with ``weights=None``), small
 random nets built here (``tiny_convnet``, ``tiny_resnet``), or reference items (``ref:mbnet_tiny_128``).

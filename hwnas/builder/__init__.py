@@ -9,7 +9,8 @@ Public API (everything else is private machinery and may change):
   :class:`~hwnas.errors.InputShapeError`); :func:`quiet_deprecations` — hides torch's jit/ONNX-export deprecation
   notices within a block, every other warning stays.
 - :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
-  :func:`reference_ms` — the machine's speed now, on a fixed reference workload.
+  :func:`reference_ms` — the machine's speed now, on a fixed reference workload (a diagnostic; nothing rescales
+  predictions by it).
 - :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured (from :mod:`hwnas.device`).
 - :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
 - :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
@@ -19,9 +20,9 @@ Public API (everything else is private machinery and may change):
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module.
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
-
 - :func:`register_commands` — adds ``hwnas build``, ``hwnas adapt`` and the other builder subcommands to the
   ``hwnas`` parser.
+
 Names are imported lazily on first use (no torch or onnxruntime import at ``import hwnas.builder``).
 """
 
@@ -38,9 +39,9 @@ _LAZY = {
     "get_backend": "hwnas.builder._backends",
     "Measurement": "hwnas.builder._backends",
     "BACKENDS": "hwnas.builder._backends",
-    # protocol
     "check_input_shape": "hwnas.builder._backends",
     "quiet_deprecations": "hwnas.builder._backends",
+    # protocol
     "MeasureProtocol": "hwnas.builder._protocol",
     "DEFAULT_PROTOCOL": "hwnas.builder._protocol",
     "QUICK_PROTOCOL": "hwnas.builder._protocol",
@@ -67,13 +68,13 @@ _LAZY = {
     "AdaptError": "hwnas.builder._adapt",
     "adapt": "hwnas.builder._adapt",
     "ensure_predictor": "hwnas.builder._adapt",
-    "build": "hwnas.builder._build",
     "probe_networks": "hwnas.builder._adapt",
     "features_for": "hwnas.builder._fit",
     "measure_zoo": "hwnas.builder._zoo",
+    "build": "hwnas.builder._build",
     # store
-    "open_store": "hwnas.builder._store",
     "register_commands": "hwnas.builder._cli",
+    "open_store": "hwnas.builder._store",
     "read_records": "hwnas.builder._store",
     "item_key": "hwnas.builder._store",
     "shard": "hwnas.builder._store",

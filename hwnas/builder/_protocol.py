@@ -11,8 +11,9 @@ taken.
 
 The reference workload (:func:`reference_workload`, :func:`reference_ms`) is a small, fixed set of kernels and a
 tiny MobileNet-like net built in code with fixed seeds (no downloads). Timed with the same protocol next to the
-measured kernels or models, it records how fast the machine was at the time, so predictions can later be rescaled
-to the machine's speed *now* (a calibration step; see ``shared/MEASURING.md``: whole processes drift 7–27%).
+measured kernels or models, it tells how fast the machine was at the time (whole processes drift 7–27% on a
+shared VM). It is a diagnostic only: no predictor records a reference time and nothing rescales predictions by
+it (``experiments/benchmarks/noise.py`` prints measurements divided by it).
 
 Limitations
 -----------
@@ -209,7 +210,7 @@ class MeasureProtocol:
 
 #: Default protocol. Minimum inside blocks because on this machine kind (2 vCPU VM, shared) the minimum of
 #: back-to-back runs agreed within ±10% across processes in 93% of pairs against 53% for the median
-#: (shared/MEASURING.md); median of 3 blocks so one lucky or unlucky block does not decide; 10 warm-up runs cover
+#: (experiments/benchmarks/noise.py); median of 3 blocks so one lucky or unlucky block does not decide; 10 warm-up runs cover
 #: TorchScript's profiling executor (1 profiled run, then graph optimisation) and allocator warm-up; measurements
 #: keep the warm-up times, so noise.py can check this. 1 thread: the target deployment.
 #: Re-check with experiments/benchmarks/noise.py on a quiet machine before a campaign.
@@ -277,8 +278,8 @@ def reference_ms(backend: Any = "torchscript-cpu", protocol: MeasureProtocol | N
     Returns
     -------
     dict
-        ``{"version", "backend", "protocol_id", "items": {name: ms}, "total_ms"}``. Calibration: a prediction made
-        with reference total ``R0`` is rescaled to now by ``R_now / R0`` (or per item, a geometric mean of ratios).
+        ``{"version", "backend", "protocol_id", "items": {name: ms}, "total_ms"}``: how fast the machine is now
+        (a diagnostic: nothing in hwnas rescales predictions by it).
     """
     from hwnas.builder._backends import get_backend
 
