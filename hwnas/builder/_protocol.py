@@ -210,9 +210,9 @@ class MeasureProtocol:
 
 #: Default protocol. Minimum inside blocks because on this machine kind (2 vCPU VM, shared) the minimum of
 #: back-to-back runs agreed within ±10% across processes in 93% of pairs against 53% for the median
-#: (experiments/benchmarks/noise.py); median of 3 blocks so one lucky or unlucky block does not decide; 10 warm-up runs cover
-#: TorchScript's profiling executor (1 profiled run, then graph optimisation) and allocator warm-up; measurements
-#: keep the warm-up times, so noise.py can check this. 1 thread: the target deployment.
+#: (experiments/benchmarks/noise.py); median of 3 blocks so one lucky or unlucky block does not decide; 10 warm-up
+#: runs cover TorchScript's profiling executor (1 profiled run, then graph optimisation) and allocator warm-up;
+#: measurements keep the warm-up times, so noise.py can check this. 1 thread: the target deployment.
 #: Re-check with experiments/benchmarks/noise.py on a quiet machine before a campaign.
 DEFAULT_PROTOCOL = MeasureProtocol()
 
