@@ -122,6 +122,16 @@ def split_train(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from hwnas.errors import HwnasError
+
+    try:
+        return _run(args)
+    except HwnasError as err:   # hwnas errors name the problem (a data path, a predictor): no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     if args.threads:
@@ -137,12 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hwnas.train import evaluate
 
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = DataConfig(name=args.data, root=args.data_root, image_size=args.image_size, batch_size=args.batch_size,
                       num_workers=args.workers, seed=args.seed)
     train_all, val_ds = data.dataset("train"), data.dataset("val")
     weight_ds, arch_ds = split_train(train_all, args.arch_fraction, args.seed)
 
+    out.mkdir(parents=True, exist_ok=True)   # once the data is read: a wrong path leaves no folder behind
     pl.seed_everything(args.seed, verbose=False)
     space = ss.create_space(args.space, input_size=args.image_size, num_classes=data.num_classes,
                             width_mult=args.width_mult)

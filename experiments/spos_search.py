@@ -180,8 +180,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     out.mkdir(parents=True, exist_ok=True)
     cfgs = configs(args)
     progress = not args.no_progress
+    # Cheap checks first: the data is read (a wrong path fails here, in seconds) before the space is priced.
+    train_ds = load_dataset(args.data, "train", root=args.data_root, image_size=args.image_size)
+    val_ds = load_dataset(args.data, "val", root=args.data_root, image_size=args.image_size)
 
-    # Budget first: an infeasible budget fails before any data is read or anything is trained.
+    # Then the budget: an infeasible budget fails before anything is trained.
     space = ss.create_space("spos", input_size=args.image_size, num_classes=num_classes(args.data, args.data_root),
                             width_mult=args.width_mult)
     predictor = hwnas.load_latency_predictor(args.predictor)
@@ -194,8 +197,6 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     print(f"space spos (width {args.width_mult}, {args.image_size}px): predicted latency {lo:.4f}..{hi:.4f} ms on "
           f"{predictor.name}; budget {sampler.budget}; {sampler.acceptance_rate():.1%} of uniform archs fit")
 
-    train_ds = load_dataset(args.data, "train", root=args.data_root, image_size=args.image_size)
-    val_ds = load_dataset(args.data, "val", root=args.data_root, image_size=args.image_size)
     channels_last = cfgs["trainer"].uses_channels_last
     train_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed, num_workers=args.num_workers,
                                channels_last=channels_last)
