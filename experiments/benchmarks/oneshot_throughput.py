@@ -20,11 +20,17 @@ Throughput is training images per second (the weight batches); architecture-batc
     python -m experiments.benchmarks.oneshot_throughput                       # CPU, small
     python -m experiments.benchmarks.oneshot_throughput --device cuda --batch-size 256 --image-size 32 \
         --width-mult 1.0 --data random --steps 50 --method both
+    python -m experiments.benchmarks.oneshot_throughput --precision bf16-mixed --channels-last --compile \
+        --skip-nni --json runs/throughput.json      # one hwnas setting, no NNI, figures as JSON
+
+``--json`` writes every row (and the settings) to a file; ``--skip-nni`` times hwnas alone (NNI absent).
+:func:`measure` is the same as a function (used by ``experiments/gpu/run.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,6 +48,8 @@ class Measurement:
     train_images: int
     arch_images: int
     precision: str
+    channels_last: bool = False
+    compile: str = "off"
 
     @property
     def images_per_s(self) -> float:
@@ -148,9 +156,12 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
     space = _space(args, method)
     predictor = hwnas.load_latency_predictor("auto")
     table = hwnas.LatencyTable.build(space, predictor)
+    compile_ = args.compile_backend if args.compile and args.compile_backend != "inductor" else bool(args.compile)
+    if compile_:
+        _raise_recompile_limit()
     cfg = TrainerConfig(max_epochs=10_000, accelerator="cuda" if device.type == "cuda" else "cpu", progress=False,
-                        compile=args.compile, seed=0)
-    cl = cfg.channels_last and cfg.uses_cuda
+                        compile=compile_, seed=0, precision=args.precision, channels_last=args.channels_last)
+    cl = cfg.uses_channels_last
     train = make_loader(weight, args.batch_size, train=True, seed=0, channels_last=cl)
     if method == "proxyless":
         from hwnas.nas import LatencyLossConfig
@@ -171,10 +182,31 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
     timer = _timer_callback(args.warmup_steps, args.steps, device)
     fit(module, data, None, cfg, callbacks=[timer])
     return Measurement(method, "hwnas", args.steps, timer.end - timer.start, args.steps * args.batch_size,
-                       arch_images, resolve_precision(cfg))
+                       arch_images, resolve_precision(cfg), cfg.uses_channels_last,
+                       args.compile_backend if args.compile else "off")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _raise_recompile_limit(limit: int = 256) -> None:
+    """Let dynamo keep one compiled entry per candidate block: the blocks of one class share their ``forward``'s
+    cache, one entry per input shape and layout, and past the default limit of 8 the rest run eagerly (seen in the
+    dry run: "hit config.recompile_limit (8)", with channels_last strides)."""
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(int(getattr(dynamo, name)), limit))
+            break
+
+
+def row(m: Measurement) -> dict[str, Any]:
+    """A measurement as a JSON-safe dict (ms per step, images per second)."""
+    return {"method": m.method, "pipeline": m.pipeline, "precision": m.precision, "channels_last": m.channels_last,
+            "compile": m.compile, "steps": m.steps, "seconds": m.seconds, "ms_per_step": m.ms_per_step,
+            "train_images_per_s": m.images_per_s, "arch_images_per_s": m.arch_images / m.seconds}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's command-line options (defaults: CPU, small)."""
     p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.oneshot_throughput",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--method", choices=("proxyless", "spos", "both"), default="proxyless")
@@ -190,34 +222,63 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch-every", type=int, default=5, help="hwnas ProxylessNAS architecture-step interval")
     p.add_argument("--binary-mode", choices=("full", "two"), default="full")
     p.add_argument("--nni-precision", default="32-true", help="precision of the stock pipeline (its default)")
+    p.add_argument("--precision", default=None,
+                   help="hwnas precision (default: bf16-mixed on CUDA, 32-true on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="hwnas weights and batches channels_last (default: on CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile hwnas's blocks")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend with --compile (inductor; aot_eager for a quick check of the path)")
+    p.add_argument("--skip-nni", action="store_true", help="time hwnas only (e.g. NNI's stock pipeline absent)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows and settings as JSON")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    return p
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark of ``args`` (see :func:`parser`); returns the settings and one row per pipeline."""
     import logging
 
+    warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("nni").setLevel(logging.ERROR)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     methods = ("proxyless", "spos") if args.method == "both" else (args.method,)
     rows = []
     for method in methods:
-        nni_m = run_nni(args, method, device)
-        ours = run_hwnas(args, method, device)
-        rows.append((nni_m, ours))
-    print(f"\ndevice: {name}; width {args.width_mult}, {args.image_size}px, batch {args.batch_size}, data {args.data}, "
-          f"{args.steps} timed steps after {args.warmup_steps}")
-    print(f"{'method':10s} {'pipeline':14s} {'precision':10s} {'ms/step':>9s} {'train img/s':>12s} "
-          f"{'arch img/s':>11s}")
-    for pair in rows:
-        for m in pair:
-            print(f"{m.method:10s} {m.pipeline:14s} {m.precision:10s} {m.ms_per_step:9.1f} {m.images_per_s:12.1f} "
-                  f"{m.arch_images / m.seconds:11.1f}")
-        nni_m, ours = pair
-        print(f"{'':10s} hwnas / NNI throughput ratio: {ours.images_per_s / nni_m.images_per_s:.2f}x")
+        if not args.skip_nni:
+            rows.append(row(run_nni(args, method, device)))
+        rows.append(row(run_hwnas(args, method, device)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    settings = {k: getattr(args, k) for k in ("width_mult", "image_size", "batch_size", "data", "steps",
+                                              "warmup_steps", "arch_every", "binary_mode")}
+    return {"device": name, "settings": settings, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure(args)
+    s = result["settings"]
+    print(f"\ndevice: {result['device']}; width {s['width_mult']}, {s['image_size']}px, batch {s['batch_size']}, "
+          f"data {s['data']}, {s['steps']} timed steps after {s['warmup_steps']}")
+    print(f"{'method':10s} {'pipeline':14s} {'precision':10s} {'layout':8s} {'compile':9s} {'ms/step':>9s} "
+          f"{'train img/s':>12s} {'arch img/s':>11s}")
+    for r in result["rows"]:
+        layout = "NHWC" if r["channels_last"] else "NCHW"
+        print(f"{r['method']:10s} {r['pipeline']:14s} {r['precision']:10s} {layout:8s} {r['compile']:9s} "
+              f"{r['ms_per_step']:9.1f} {r['train_images_per_s']:12.1f} {r['arch_images_per_s']:11.1f}")
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        pair = {r["pipeline"]: r for r in result["rows"] if r["method"] == method}
+        if len(pair) == 2:
+            ratio = pair["hwnas"]["train_images_per_s"] / pair["NNI 3.0 stock"]["train_images_per_s"]
+            print(f"{method}: hwnas / NNI throughput ratio: {ratio:.2f}x")
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 
