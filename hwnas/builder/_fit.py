@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.graph import OpGraph, fold_batchnorm
 from hwnas.kernels import FusionRules, kernel_features
 from hwnas.predictor._regressors import UNIT_FLOOR
 
@@ -77,11 +78,13 @@ def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
         if r.get("method") == "failed":   # recorded with ms = -1 and the error
             continue
         spec = r["spec"]
-        nodes = spec_nodes(spec)
+        raw_nodes = spec_nodes(spec)
+        # the batch norm of a conv-bn kernel is folded, as in every op graph: its row is a conv with a bias
+        nodes = fold_batchnorm(OpGraph(raw_nodes, [i for n in raw_nodes for i in n.inputs if i.startswith("x")])).nodes
         shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
         # in-context and isolated-fallback records are already net of the call overhead; old isolated ones are not
         net = float(r["ms"]) if "parts" in r else float(r["ms"]) - overhead.get(shape, 0.0)
-        rows.append({"key": r["key"], "type": spec["type"], "features": kernel_features(nodes),
+        rows.append({"key": r["key"], "type": "-".join(n.op for n in nodes), "features": kernel_features(nodes),
                      "ms": max(net, 1e-4), "families": list(r.get("families", [])),
                      "parent_families": list(r.get("parent_families", []))})
     return rows, overhead

@@ -2,5 +2,6 @@
 
 from hwnas.graph._ir import CANONICAL_OPS, OpGraph, OpNode
 from hwnas.graph._capture import capture
+from hwnas.graph._passes import fold_batchnorm
 
-__all__ = ["CANONICAL_OPS", "OpGraph", "OpNode", "capture"]
+__all__ = ["CANONICAL_OPS", "OpGraph", "OpNode", "capture", "fold_batchnorm"]

@@ -145,6 +145,9 @@ class OpGraph:
     def __iter__(self) -> Iterator[OpNode]:
         return iter(self.nodes)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
     def __getitem__(self, name: str) -> OpNode:
         return self._by_name[name]
 

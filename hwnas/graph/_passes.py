@@ -2,6 +2,17 @@
 
 - ``reshape → permute → reshape`` back to the original 4-d shape is a channel shuffle.
 - ``x * sigmoid(x)`` (how ONNX exporters write SiLU) is ``silu``.
+- ``conv → bn`` (the convolution read by nothing else) is one convolution with a bias: every backend folds an
+  inference batch norm into the convolution before it, and an ONNX file exported in eval mode arrives folded
+  already; folding here gives a network the same ops whichever route it comes in by.
+- ``fc`` without bias → ``add`` of a constant (how exporters write a linear layer on a 3-d input: MatMul, Add) is
+  one ``fc`` with a bias.
+- A ``concat`` of one tensor is no op (the dynamo exporter drops it), a concat read only by a concat on the same
+  axis is part of it (exporters merge them); a ``permute`` that only moves axes of size 1, or a ``slice`` that
+  keeps every element, is a ``reshape``, and a reshape read only by a reshape is part of it (exporters write
+  each of these either way).
+- ``adaptive_avgpool`` whose output size divides its input is the plain ``avgpool`` it computes (kernel = stride
+  = input / output), as the ONNX exporters and TorchScript write it.
 - Every op must be canonical (a key of :data:`~hwnas.graph._ir.CANONICAL_OPS`).
 """
 
@@ -92,6 +103,142 @@ def fold_slices_into_split(graph: OpGraph) -> OpGraph:
     return OpGraph(nodes, graph.inputs, graph.source)
 
 
+def fold_batchnorm(graph: OpGraph) -> OpGraph:
+    """Fold each ``bn`` that reads a ``conv``/``dwconv`` output nothing else reads into that convolution (which then
+    has a bias), as the backends do at inference. Consumers of the batch norm read the convolution instead."""
+    rename: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op != "bn" or len(n.inputs) != 1 or n.inputs[0] not in graph:
+            continue
+        src = graph[n.inputs[0]]
+        if src.op in ("conv", "dwconv") and graph.consumers(src.name) == [n.name] \
+                and tuple(src.output_shape) == tuple(n.output_shape):
+            rename[n.name] = src.name
+    return _fold_into_producer(graph, rename, {"bias": True})
+
+
+def _fold_into_producer(graph: OpGraph, rename: dict[str, str], attrs: dict) -> OpGraph:
+    """Drop the nodes keyed in ``rename`` (each into the producer it maps to, which gains ``attrs``); their
+    consumers read the producer instead."""
+    if not rename:
+        return graph
+    folded = set(rename.values())
+    nodes = []
+    for n in graph.nodes:
+        if n.name in rename:
+            continue
+        if n.name in folded:
+            n = OpNode(n.name, n.op, list(n.inputs), list(n.input_shapes), n.output_shape, {**n.attrs, **attrs})
+        elif any(i in rename for i in n.inputs):
+            n = OpNode(n.name, n.op, [rename.get(i, i) for i in n.inputs], list(n.input_shapes), n.output_shape,
+                       n.attrs)
+        nodes.append(n)
+    return OpGraph(nodes, graph.inputs, graph.source)
+
+
+def fold_bias_add(graph: OpGraph) -> OpGraph:
+    """Fold an ``add`` of a constant (one data input) into the bias-free ``fc`` before it, when nothing else reads
+    the ``fc``'s output."""
+    rename: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op != "add" or len(n.inputs) != 1 or n.inputs[0] not in graph:
+            continue
+        src = graph[n.inputs[0]]
+        if src.op == "fc" and not src.attrs.get("bias") and graph.consumers(src.name) == [n.name] \
+                and tuple(src.output_shape) == tuple(n.output_shape):
+            rename[n.name] = src.name
+    return _fold_into_producer(graph, rename, {"bias": True})
+
+
+def _moves_only_unit_axes(n: OpNode) -> bool:
+    """Whether a permute keeps the order of its input's axes longer than 1 (so it moves no data). Told from the
+    shapes: the axes longer than 1 read the same in and out, and are all of different lengths (or at most one),
+    so each is where it was relative to the others."""
+    src = [d for d in n.input_shapes[0] if d != 1]
+    out = [d for d in n.output_shape if d != 1]
+    return src == out and (len(src) <= 1 or len(set(src)) == len(src))
+
+
+def drop_no_op_data_movement(graph: OpGraph) -> OpGraph:
+    """Remove single-input concats and reshapes read only by a reshape, merge a concat read only by a concat on
+    the same axis into it, and rewrite data-preserving permutes and slices as reshapes."""
+    import math
+
+    drop: dict[str, str] = {}
+    source_shape: dict[str, tuple[int, ...]] = {}   # a dropped node -> the shape its consumers now read
+    new: dict[str, OpNode] = {}
+    for n in graph.nodes:
+        if n.op == "concat" and len(n.inputs) == 1 and tuple(n.input_shapes[0]) == tuple(n.output_shape):
+            drop[n.name] = n.inputs[0]
+        elif (n.op == "permute" and len(n.input_shapes) == 1 and _moves_only_unit_axes(n)) or (
+                n.op == "slice" and len(n.input_shapes) == 1
+                and math.prod(n.input_shapes[0]) == math.prod(n.output_shape)):
+            new[n.name] = OpNode(n.name, "reshape", list(n.inputs), list(n.input_shapes), n.output_shape, {})
+    for n in graph.nodes:   # a reshape (or one just made) read only by a reshape
+        m = new.get(n.name, n)
+        cons = graph.consumers(n.name)
+        if m.op == "reshape" and len(cons) == 1 and new.get(cons[0], graph[cons[0]]).op == "reshape":
+            drop[n.name] = m.inputs[0]
+            source_shape[n.name] = tuple(m.input_shapes[0])
+    merged: dict[str, OpNode] = {}
+    for n in graph.nodes:   # concat inputs that are concats read only here, on the same axis
+        if n.op != "concat" or n.name in drop:
+            continue
+        ins, shapes = [], []
+        for i, sh in zip(n.inputs, n.input_shapes):
+            src = graph[i] if i in graph else None
+            if src is not None and src.op == "concat" and src.name not in drop and graph.consumers(i) == [n.name] \
+                    and src.attrs.get("axis", 1) == n.attrs.get("axis", 1) and len(src.inputs) > 1:
+                drop[i] = "__merged__"
+                ins += src.inputs
+                shapes += src.input_shapes
+            else:
+                ins.append(i)
+                shapes.append(sh)
+        if len(ins) != len(n.inputs):
+            merged[n.name] = OpNode(n.name, "concat", ins, shapes, n.output_shape, n.attrs)
+    if not drop and not new:
+        return graph
+    nodes = []
+    for n in graph.nodes:
+        if n.name in drop:
+            continue
+        n = merged.get(n.name) or new.get(n.name, n)
+        if any(i in drop for i in n.inputs):
+            shapes = [_source_shape(drop, source_shape, i, sh) for i, sh in zip(n.inputs, n.input_shapes)]
+            n = OpNode(n.name, n.op, [_follow(drop, i) for i in n.inputs], shapes, n.output_shape, n.attrs)
+        nodes.append(n)
+    return OpGraph(nodes, graph.inputs, graph.source)
+
+
+def _source_shape(drop: dict[str, str], source_shape: dict[str, tuple[int, ...]], name: str,
+                  shape: tuple[int, ...]) -> tuple[int, ...]:
+    while name in drop:
+        shape = source_shape.get(name, shape)
+        name = drop[name]
+    return shape
+
+
+def _follow(drop: dict[str, str], name: str) -> str:
+    while name in drop:
+        name = drop[name]
+    return name
+
+
+def fold_adaptive_pool(graph: OpGraph) -> OpGraph:
+    """Rewrite each ``adaptive_avgpool`` whose output divides its (4-d) input as the equivalent ``avgpool``."""
+    new: dict[str, OpNode] = {}
+    for n in graph.nodes:
+        if n.op != "adaptive_avgpool" or len(n.input_shapes) != 1 or len(n.input_shapes[0]) != 4:
+            continue
+        (hi, wi), (ho, wo) = n.input_shapes[0][2:], n.output_shape[2:]
+        if ho and wo and hi % ho == 0 and wi % wo == 0:
+            k = (hi // ho, wi // wo)
+            new[n.name] = OpNode(n.name, "avgpool", list(n.inputs), list(n.input_shapes), n.output_shape,
+                                 {"kernel": k, "stride": k, "padding": (0, 0), "ceil_mode": False})
+    return OpGraph(_replace(graph.nodes, set(), new), graph.inputs, graph.source) if new else graph
+
+
 def check_vocabulary(graph: OpGraph) -> OpGraph:
     """Raise :class:`UnsupportedOpError` for the first op outside the canonical vocabulary."""
     for i, n in enumerate(graph.nodes):
@@ -102,4 +249,6 @@ def check_vocabulary(graph: OpGraph) -> OpGraph:
 
 def finalize(graph: OpGraph) -> OpGraph:
     """Apply the shared passes and the vocabulary check."""
-    return check_vocabulary(fold_silu(fold_channel_shuffle(fold_slices_into_split(graph))))
+    graph = fold_silu(fold_channel_shuffle(fold_slices_into_split(graph)))
+    graph = fold_adaptive_pool(fold_bias_add(fold_batchnorm(drop_no_op_data_movement(graph))))
+    return check_vocabulary(graph)

@@ -34,11 +34,16 @@ FEATURES: dict[str, str] = {
     "n_inputs": "number of tensor inputs of the main op (concat fan-in)",
     "macs": "multiply-accumulates of conv/fc/matmul ops in the kernel, in millions",
     "elementwise": "elements touched by the kernel's non-MAC ops, in millions",
-    "params": "weight elements, in millions",
+    "params": "weight elements, in millions (biases not counted: a folded batch norm adds one, an exporter may "
+              "drop a zero one, and either way it costs the kernel nothing measurable)",
     "in_elems": "elements of the kernel's tensor inputs, in millions",
     "out_elems": "elements of the kernel's output, in millions",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+
+#: Version of the graph-to-kernels model (graph passes, fusion matching, features). Part of every predictor's
+#: checksum, so tables and search results derived under another version are recomputed, not reused.
+KERNEL_MODEL_VERSION = 2
 
 _MAC_OPS = {"conv", "dwconv", "fc", "matmul", "mha"}
 
@@ -111,14 +116,14 @@ def op_macs(node: OpNode) -> int:
     return 0
 
 
-def op_params(node: OpNode) -> int:
-    """Weight elements of one op."""
+def op_params(node: OpNode, bias: bool = True) -> int:
+    """Weight elements of one op (with its bias unless ``bias`` is False)."""
     a = node.attrs
     if node.op in ("conv", "dwconv"):
         kh, kw = a["kernel"]
-        return a["cout"] * (a["cin"] // a["groups"]) * kh * kw + (a["cout"] if a.get("bias") else 0)
+        return a["cout"] * (a["cin"] // a["groups"]) * kh * kw + (a["cout"] if bias and a.get("bias") else 0)
     if node.op == "fc":
-        return a["cin"] * a["cout"] + (a["cout"] if a.get("bias", True) else 0)
+        return a["cin"] * a["cout"] + (a["cout"] if bias and a.get("bias", True) else 0)
     if node.op in ("bn", "ln"):
         return 2 * _channels(node.output_shape)
     if node.op == "mha":
@@ -153,10 +158,30 @@ def kernel_features(nodes: Sequence[OpNode]) -> dict[str, float]:
         "n_inputs": float(len(main.inputs)),
         "macs": macs / 1e6,
         "elementwise": elementwise / 1e6,
-        "params": sum(op_params(n) for n in nodes) / 1e6,
+        "params": sum(op_params(n, bias=False) for n in nodes) / 1e6,
         "in_elems": sum(_numel(s) for s in ext_inputs) / 1e6,
         "out_elems": _numel(out_shape) / 1e6,
     }
+
+
+_FOLDS_BN = ("conv", "dwconv")
+
+
+def canonical_ops(ops: Sequence[str]) -> tuple[str, ...]:
+    """``ops`` with each ``bn`` right after a ``conv``/``dwconv`` removed: the op graph folds such a batch norm into
+    the convolution (:func:`hwnas.graph.fold_batchnorm`), so fusion rules and kernel types measured before that
+    fold (``conv-bn-relu``) name the kernel the folded graph has (``conv-relu``)."""
+    out: list[str] = []
+    for op in ops:
+        if op == "bn" and out and out[-1] in _FOLDS_BN:
+            continue
+        out.append(op)
+    return tuple(out)
+
+
+def canonical_type(ktype: str) -> str:
+    """Kernel type after the batch-norm fold (``conv-bn-relu`` → ``conv-relu``; see :func:`canonical_ops`)."""
+    return "-".join(canonical_ops(ktype.split("-")))
 
 
 class FusionRules:
@@ -165,11 +190,14 @@ class FusionRules:
     Parameters
     ----------
     patterns : iterable of sequence of str
-        Each a chain of canonical op names, e.g. ``["conv", "bn", "relu"]``. Single ops need no rule.
+        Each a chain of canonical op names, e.g. ``["conv", "relu"]``. Single ops need no rule. A batch norm
+        right after a convolution is dropped from a pattern (``conv-bn-relu`` is ``conv-relu``): op graphs
+        have it folded (:func:`canonical_ops`).
     """
 
     def __init__(self, patterns: Iterable[Sequence[str]]):
-        self.patterns: list[tuple[str, ...]] = sorted({tuple(p) for p in patterns if len(p) >= 2},
+        canonical = {canonical_ops(p) for p in patterns}
+        self.patterns: list[tuple[str, ...]] = sorted({p for p in canonical if len(p) >= 2},
                                                       key=lambda p: (-len(p), p))
         self._by_head: dict[str, list[tuple[str, ...]]] = {}
         for p in self.patterns:

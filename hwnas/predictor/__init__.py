@@ -27,7 +27,8 @@ import numpy as np
 from hwnas.device import explain_differences, fingerprint, isa_level, same_device
 from hwnas.errors import PredictorFileError, UnknownKernelError
 from hwnas.graph import OpGraph, capture
-from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
+from hwnas.kernels import FEATURE_NAMES, KERNEL_MODEL_VERSION, FusionRules, Kernel, detect_kernels
+from hwnas.predictor._canonical import rekey, sample_counts, winners
 from hwnas.predictor._format import predictor_checksum, read_predictor, write_predictor
 from hwnas.predictor._registry import (AUTO, PredictorEntry, Selection, adapt_command, embedded_dir,
                                       find_predictors, lookup, register_predictor, select, user_dir)
@@ -236,7 +237,13 @@ class LatencyPredictor:
         if cal:
             self.kernel_scale, self.kernel_terms, intercept = _read_calibration(cal, self.name)
             self.overhead_ms += intercept
-        self._specs = metadata["kernels"]
+        # Types named before the batch-norm fold (conv-bn-relu) price the folded kernels (conv-relu).
+        chosen = winners(metadata["kernels"], sample_counts(metadata))
+        self._specs = rekey(metadata["kernels"], chosen)
+        self.regressors = rekey(regressors, chosen)
+        self.kernel_scale = rekey(self.kernel_scale, chosen)
+        self.kernel_terms = rekey(self.kernel_terms, chosen)
+        self._unsupported = rekey(metadata.get("unsupported_kernel_types") or {}, chosen)
         for ktype, spec in self._specs.items():
             unknown = [f for f in spec["features"] if f not in FEATURE_NAMES]
             if unknown:
@@ -248,12 +255,15 @@ class LatencyPredictor:
         self.selection_note = ""
         #: Per-kernel-type transfer to another machine (``hwnas adapt``): type -> (log factor, exponent).
         self.transfer, self.transfer_default = _read_transfer(metadata.get("transfer"), self.name)
+        self.transfer = rekey(self.transfer, chosen)
 
     # -- identity -------------------------------------------------------------------------------------------------
     @property
     def checksum(self) -> str:
-        """Stable digest of the predictor's data (for caching derived tables)."""
-        return predictor_checksum(self.metadata)   # the loaded, verified predictor.json: no second read
+        """Stable digest of the predictor's data and of the kernel model that reads it (for caching derived
+        tables: a change in how graphs become kernels invalidates them)."""
+        # the loaded, verified predictor.json: no second read
+        return predictor_checksum({**self.metadata, "kernel_model_version": KERNEL_MODEL_VERSION})
 
     def __repr__(self) -> str:
         return f"LatencyPredictor({self.name!r}, backend={self.backend!r}, kernel types={len(self._specs)})"
@@ -325,7 +335,7 @@ class LatencyPredictor:
             elif all(op in self.zero_cost_ops for op in k.ops):
                 continue   # declared free on this backend
             else:
-                reason = (self.metadata.get("unsupported_kernel_types") or {}).get(k.type)
+                reason = self._unsupported.get(k.type)
                 raise UnknownKernelError(k.type, k.ops, i, self.name, reason)
         for ktype, idx in by_type.items():
             spec = self._specs[ktype]

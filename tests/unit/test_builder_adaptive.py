@@ -17,7 +17,7 @@ def _rows():
     from hwnas.builder._kernel_modules import spec_nodes
 
     models = [PriorModel(f"n{w}@{r}", "tiny", lambda w=w: _net(w), (1, 3, r, r))
-              for w in range(8, 72, 4) for r in (16, 24, 32)]
+              for w in range(8, 72, 8) for r in (16, 24, 32)]
     rows = []
     for spec in prior_specs(models, RULES, progress=False):
         f = kernel_features(spec_nodes(spec))

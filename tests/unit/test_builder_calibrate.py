@@ -94,11 +94,12 @@ def test_predictor_applies_calibration_to_each_kernel_and_intercept(pred_dir, tm
     cal = load_latency_predictor(write_predictor(tmp_path / "cal", meta, regs))
     a = {r["type"]: r["ms"] for r in base.predict_kernels(TinyNet(), "torch", (1, 3, 32, 32))}
     b = {r["type"]: r["ms"] for r in cal.predict_kernels(TinyNet(), "torch", (1, 3, 32, 32))}
-    assert b["conv-bn-relu"] == pytest.approx(2 * a["conv-bn-relu"])
+    # the file's conv-bn-relu factor prices the folded conv-relu kernel
+    assert b["conv-relu"] == pytest.approx(2 * a["conv-relu"])
     assert b["add"] == pytest.approx(a["add"] + 0.125)
     assert b["fc"] == pytest.approx(a["fc"])
     diff = cal.predict(TinyNet(), "torch", (1, 3, 32, 32)) - base.predict(TinyNet(), "torch", (1, 3, 32, 32))
-    assert diff == pytest.approx(a["conv-bn-relu"] + 0.125 + 0.25)
+    assert diff == pytest.approx(a["conv-relu"] + 0.125 + 0.25)
 
 
 @pytest.mark.parametrize("bad", [{"kernel_scale": {"conv-bn-relu": -1.0}}, {"kernel_scale": {"fc": "x"}},

@@ -58,7 +58,8 @@ def test_declared_unsupported_kernel_type_raises_through_kernel_latencies(tmp_pa
     assert err.reason == unsupported["tanh"] and "only 1 successful measurement(s) on onnxruntime-cpu" in err.reason
     assert str(err).endswith(f"'tanh' (kernel 1, ops ['tanh']): {err.reason}; refusing to price it as 0 ms")
     # the same kernel type, not declared: still an error, without a reason
-    del pred.metadata["unsupported_kernel_types"]
+    del meta["unsupported_kernel_types"]
+    bare = load_latency_predictor(write_predictor(tmp_path / "q", meta, regs))
     with pytest.raises(UnknownKernelError) as info:
-        pred.kernel_latencies(kernels_)
+        bare.kernel_latencies(kernels_)
     assert info.value.reason is None and "refusing to price it as 0 ms" in str(info.value)
