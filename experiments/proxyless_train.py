@@ -219,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     result = {
         "arch": arch, "target_ms": target, "expected_ms": expected, "table_ms": table_ms, "predicted_ms": predicted,
         "val_acc": accuracy, "finetuned_val_acc": finetuned, "finetune_epochs": args.finetune_epochs,
-        "supernet_val_acc": metrics.get("val_acc"), "flops": table.flops(arch),
+        "supernet_val_acc": metrics.get("val_acc"), "macs": table.macs(arch),
         "params": table.params(arch), "predictor": {"name": predictor.name, "checksum": predictor.checksum},
         "table_range_ms": [lo, hi], "train_seconds": seconds, "steps": int(trainer.global_step),
         "precision": resolve_precision(trainer_cfg), "device": str(trainer.strategy.root_device),

@@ -32,7 +32,7 @@ of the architectures pass; --budget-ms sets it in milliseconds of the predictor'
 latency range and the acceptance rate.
 
 output (OUT_DIR): config.json, trials.jsonl (one line per finished trial: arch, accuracy as "default",
-latency_ms, flops, params, ...), trials/<i>.pt (weights of the current top-k), topk.json, search.png,
+latency_ms, macs, params, ...), trials/<i>.pt (weights of the current top-k), topk.json, search.png,
 best/arch.json, best/state_dict.pt, best/model.pt (TorchScript).
 
 resume: rerun the same command. A different configuration in the same OUT_DIR is refused; --force discards the
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "resumed": result.resumed, "seconds": wall, "budget_ms": result.budget.max_ms,
                           "acceptance_rate": result.acceptance_rate, "latency_range_ms": list(result.latency_range),
                           "best": None if best is None else {k: best[k] for k in ("trial", "arch", "default",
-                                                                                 "latency_ms", "flops", "params")}}))
+                                                                                 "latency_ms", "macs", "params")}}))
     return 0
 
 

@@ -128,7 +128,7 @@ def configs(args: argparse.Namespace) -> dict[str, Any]:
 
 def pareto_table(result: Any, budget_ms: float) -> str:
     """The Pareto front as a text table."""
-    lines = [f"{'accuracy':>9s} {'latency ms':>11s} {'of budget':>9s} {'MFLOPs':>8s} {'params':>9s} {'gen':>4s}"]
+    lines = [f"{'accuracy':>9s} {'latency ms':>11s} {'of budget':>9s} {'M MACs':>8s} {'params':>9s} {'gen':>4s}"]
     for c in result.pareto:
         lines.append(f"{c.accuracy:9.4f} {c.latency_ms:11.4f} {c.latency_ms / budget_ms:9.1%} "
                      f"{c.flops / 1e6:8.2f} {c.params:9d} {c.generation:4d}")
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     print("\nPareto front (accuracy vs predicted latency):")
     print(pareto_table(result, sampler.budget.max_ms))
     print(f"\nbest under {sampler.budget}: accuracy {best.accuracy:.4f}, predicted {best.latency_ms:.4f} ms "
-          f"({best.latency_ms / sampler.budget.max_ms:.1%} of the budget), {best.flops / 1e6:.2f} MFLOPs, "
+          f"({best.latency_ms / sampler.budget.max_ms:.1%} of the budget), {best.flops / 1e6:.2f} M MACs, "
           f"{best.params} params\n{json.dumps(best.arch)}")
     print(f"train {train_s:.1f} s, search {search_s:.1f} s ({len(result.history)} candidates), "
           f"wall {summary['wall_seconds']:.1f} s; outputs in {out}")

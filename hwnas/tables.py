@@ -1,4 +1,4 @@
-"""Latency tables: per-(label, choice) latency, FLOPs and parameters of a search space's blocks.
+"""Latency tables: per-(label, choice) latency, MACs and parameters of a search space's blocks.
 
 A chain search space (:mod:`search_spaces`) is ``stem -> blocks -> head`` where every choice block is a
 self-contained module. :meth:`LatencyTable.build` prices every candidate of every block once, at its position
@@ -9,7 +9,7 @@ self-contained module. :meth:`LatencyTable.build` prices every candidate of ever
 where ``fixed`` is the latency of the fixed parts (stem, fixed blocks, head) plus the predictor's per-call
 overhead, counted once. Scoring a batch of architectures is one numpy gather and a sum, and the expected latency
 under per-label choice probabilities is a dot product (differentiable, :meth:`LatencyTable.expected_latency`).
-FLOPs (multiply-accumulates per image, the convention of :func:`search_spaces.count_flops`) and parameter counts
+MACs (multiply-accumulates per image, the convention of :func:`search_spaces.count_flops`) and parameter counts
 are tables of the same shape and sum the same way.
 
 Exactness and its limits
@@ -50,12 +50,12 @@ from hwnas.files import atomic_write
 __all__ = ["FusionBoundaryError", "LatencyTable", "TableFileError", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "hwnas.latency_table"
-SCHEMA_VERSION = 1
-UNITS = {"latency": "ms", "flops": "multiply-accumulates per image", "params": "count"}
+SCHEMA_VERSION = 2   # 2: multiply-accumulates are "macs" (version 1 called them "flops"; still read)
+UNITS = {"latency": "ms", "macs": "multiply-accumulates per image", "params": "count"}
 
 
 class LatencyTable:
-    """Per-(label, choice) latency (ms), FLOPs and parameters of one search space on one predictor.
+    """Per-(label, choice) latency (ms), MACs and parameters of one search space on one predictor.
 
     Build one with :meth:`build` or read one with :meth:`load`; the constructor takes the table's JSON document
     (the content of a saved file) and validates it.
@@ -64,9 +64,10 @@ class LatencyTable:
     ----------
     document : dict
         ``schema``, ``schema_version``, ``units``, ``space`` (``name``, ``config``), ``input_shape``,
-        ``predictor`` (``name``, ``checksum``, ...), ``fixed`` (``latency_ms``, ``overhead_ms``, ``flops``,
+        ``predictor`` (``name``, ``checksum``, ...), ``fixed`` (``latency_ms``, ``overhead_ms``, ``macs``,
         ``params``, ``slots``) and ``blocks``: one entry per label in network order with ``label``, ``choices``,
-        ``latency_ms``, ``flops`` and ``params`` (lists aligned with ``choices``).
+        ``latency_ms``, ``macs`` and ``params`` (lists aligned with ``choices``). A document of schema version 1,
+        which calls the MACs ``flops``, is read the same.
 
     Raises
     ------
@@ -84,12 +85,12 @@ class LatencyTable:
         self._n_choices = np.array([len(b["choices"]) for b in blocks], dtype=np.intp)
         # Padded (L, max_choices) arrays; padding is NaN (latency) / 0 (counts) and never indexed.
         self._lat = _padded(blocks, "latency_ms", np.float64, np.nan)
-        self._flops = _padded(blocks, "flops", np.int64, 0)
+        self._macs = _padded(blocks, "macs", np.int64, 0)
         self._params = _padded(blocks, "params", np.int64, 0)
         self._rows = np.arange(len(blocks))
         fixed = doc["fixed"]
         self._fixed_lat = float(fixed["latency_ms"])
-        self._fixed_flops = int(fixed["flops"])
+        self._fixed_macs = int(fixed["macs"])
         self._fixed_params = int(fixed["params"])
 
     # -- building ---------------------------------------------------------------------------------------------------
@@ -276,11 +277,11 @@ class LatencyTable:
         idx = self._indices(archs)
         return self._fixed_lat + self._lat[self._rows, idx].sum(axis=1)
 
-    def flops_batch(self, archs: Sequence[Mapping[str, str]] | np.ndarray) -> np.ndarray:
+    def macs_batch(self, archs: Sequence[Mapping[str, str]] | np.ndarray) -> np.ndarray:
         """Multiply-accumulates per image of many architectures (int64, equal to :func:`search_spaces.count_flops`
         at the table's input size)."""
         idx = self._indices(archs)
-        return self._fixed_flops + self._flops[self._rows, idx].sum(axis=1)
+        return self._fixed_macs + self._macs[self._rows, idx].sum(axis=1)
 
     def params_batch(self, archs: Sequence[Mapping[str, str]] | np.ndarray) -> np.ndarray:
         """Parameter counts of many architectures (int64, equal to :func:`search_spaces.count_params`)."""
@@ -291,9 +292,9 @@ class LatencyTable:
         """Latency of one architecture (dict label → choice), ms."""
         return float(self.latency_batch([arch])[0])
 
-    def flops(self, arch: Mapping[str, str]) -> int:
+    def macs(self, arch: Mapping[str, str]) -> int:
         """Multiply-accumulates per image of one architecture."""
-        return int(self.flops_batch([arch])[0])
+        return int(self.macs_batch([arch])[0])
 
     def params(self, arch: Mapping[str, str]) -> int:
         """Parameter count of one architecture."""
@@ -448,11 +449,11 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
         ends.append(slot_ends)
         if slot.label is None:
             ms, macs, params = rows["fixed"]
-            fixed_slots.append({"name": slot.name, "latency_ms": ms, "flops": macs, "params": params})
+            fixed_slots.append({"name": slot.name, "latency_ms": ms, "macs": macs, "params": params})
         else:
             names = list(slot.candidates)
             blocks.append({"label": slot.label, "choices": names,
-                           "latency_ms": [rows[c][0] for c in names], "flops": [rows[c][1] for c in names],
+                           "latency_ms": [rows[c][0] for c in names], "macs": [rows[c][1] for c in names],
                            "params": [rows[c][2] for c in names]})
     _check_boundaries(slots, ends, predictor)
     overhead = float(predictor.overhead_ms)
@@ -461,7 +462,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
         **identity,
         "predictor": {**identity["predictor"], "backend": getattr(predictor, "backend", None)},
         "fixed": {"latency_ms": math.fsum(s["latency_ms"] for s in fixed_slots) + overhead, "overhead_ms": overhead,
-                  "flops": sum(s["flops"] for s in fixed_slots), "params": sum(s["params"] for s in fixed_slots),
+                  "macs": sum(s["macs"] for s in fixed_slots), "params": sum(s["params"] for s in fixed_slots),
                   "slots": fixed_slots},
         "blocks": blocks,
     }
@@ -533,10 +534,11 @@ def _checked(document: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("space", "input_shape", "predictor", "fixed", "blocks"):
         if key not in doc:
             raise TableFileError(f"latency table without {key!r}")
+    _rename_flops(doc)
     fixed = doc["fixed"]
-    if not (isinstance(fixed, dict) and _number(fixed.get("latency_ms")) and _integer(fixed.get("flops"))
+    if not (isinstance(fixed, dict) and _number(fixed.get("latency_ms")) and _integer(fixed.get("macs"))
             and _integer(fixed.get("params"))):
-        raise TableFileError("'fixed' needs a number 'latency_ms' and integers 'flops' and 'params'")
+        raise TableFileError("'fixed' needs a number 'latency_ms' and integers 'macs' and 'params'")
     labels: set[str] = set()
     if not isinstance(doc["blocks"], list):
         raise TableFileError(f"'blocks' must be a list, got {type(doc['blocks']).__name__}")
@@ -548,11 +550,21 @@ def _checked(document: Mapping[str, Any]) -> dict[str, Any]:
         names = b.get("choices")
         if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names) or len(set(names)) != len(names):
             raise TableFileError(f"label {label!r}: choices must be distinct strings, got {names!r}")
-        for key, ok in (("latency_ms", _number), ("flops", _integer), ("params", _integer)):
+        for key, ok in (("latency_ms", _number), ("macs", _integer), ("params", _integer)):
             values = b.get(key)
             if not isinstance(values, list) or len(values) != len(names) or not all(ok(v) for v in values):
                 raise TableFileError(f"label {label!r}: {key!r} must hold {len(names)} numbers, got {values!r}")
     return doc
+
+
+def _rename_flops(doc: dict[str, Any]) -> None:
+    """Schema version 1 called the multiply-accumulates ``flops``: rename them ``macs`` in place."""
+    fixed = doc["fixed"] if isinstance(doc["fixed"], dict) else {}
+    slots = fixed.get("slots") if isinstance(fixed.get("slots"), list) else []
+    blocks = doc["blocks"] if isinstance(doc["blocks"], list) else []
+    for part in [doc.get("units"), fixed, *slots, *blocks]:
+        if isinstance(part, dict) and "flops" in part and "macs" not in part:
+            part["macs"] = part.pop("flops")
 
 
 def _padded(blocks: list[dict[str, Any]], key: str, dtype: Any, fill: Any) -> np.ndarray:

@@ -3,7 +3,7 @@
 Public API (everything else is private machinery and may change):
 
 - :class:`LatencyBudget`, :class:`BudgetedSampler` — budgets over a :class:`~hwnas.tables.LatencyTable`:
-  exact feasibility check, per-architecture latency/FLOPs/params, uniform sampling within the budget (NNI-free).
+  exact feasibility check, per-architecture latency/MACs/params, uniform sampling within the budget (NNI-free).
 - :class:`LatencyProfiler`, :class:`LatencyFilter` — NNI's profiler and ``Filter`` middleware backed by a table
   (``Chain(Random(), LatencyFilter(table, budget))``); :func:`evaluate_architecture` — the trial of an NNI
   experiment; :class:`TrialRecorder` keeps full result dicts, :func:`read_records` reads them back;

@@ -140,8 +140,8 @@ class BudgetedSampler:
         return bool(self.budget.contains(self.table.latency(arch)))
 
     def describe(self, arch: Mapping[str, str]) -> dict[str, Any]:
-        """``{"latency_ms": float (ms), "flops": int (MACs), "params": int}`` of ``arch`` from the table."""
-        return {"latency_ms": self.table.latency(arch), "flops": self.table.flops(arch),
+        """``{"latency_ms": float (ms), "macs": int, "params": int}`` of ``arch`` from the table."""
+        return {"latency_ms": self.table.latency(arch), "macs": self.table.macs(arch),
                 "params": self.table.params(arch)}
 
     # -- sampling -------------------------------------------------------------------------------------------------

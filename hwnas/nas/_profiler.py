@@ -134,7 +134,7 @@ class LatencyFilter(Filter):
         too few architectures for the strategy to find them), instead of NNI's silent stop (NNI's own ``patience``
         is set one higher so that this error comes first).
     record : bool
-        Keep ``{"arch", "latency_ms", "flops", "params"}`` of every accepted architecture in :attr:`accepted`.
+        Keep ``{"arch", "latency_ms", "macs", "params"}`` of every accepted architecture in :attr:`accepted`.
 
     Raises
     ------
@@ -147,7 +147,7 @@ class LatencyFilter(Filter):
     sampler : BudgetedSampler
         The NNI-free checks (:meth:`~BudgetedSampler.accepts`, :meth:`~BudgetedSampler.describe`).
     accepted : list of dict
-        Accepted architectures with their predicted latency (ms), FLOPs (MACs) and parameters, in order.
+        Accepted architectures with their predicted latency (ms), MACs and parameters, in order.
     n_accepted, n_rejected : int
         Counts so far.
 
@@ -191,7 +191,7 @@ class LatencyFilter(Filter):
         return self.sampler.accepts(plain_arch(arch))
 
     def describe(self, arch: Mapping[str, str]) -> dict[str, Any]:
-        """``{"latency_ms": float (ms), "flops": int (MACs), "params": int}`` of ``arch`` from the table."""
+        """``{"latency_ms": float (ms), "macs": int, "params": int}`` of ``arch`` from the table."""
         return self.sampler.describe(plain_arch(arch))
 
     def _check(self, model_or_sample: Any) -> bool:

@@ -12,7 +12,7 @@ Files in ``out_dir``:
 - ``config.json``: the search's configuration (what must not change for a resume), written when the first trial
   starts;
 - ``trials.jsonl``: one JSON line per finished trial, ``{"trial", "arch", "default" (accuracy), "latency_ms",
-  "flops", "params", "train_loss", "steps", "seconds"}``, appended and flushed as each trial ends;
+  "macs", "params", "train_loss", "steps", "seconds"}``, appended and flushed as each trial ends;
 - ``trials/<i>.pt``: the trial's trained state dict (only the current top-k are kept unless
   ``keep_weights="all"``), written before its line so a listed trial always has its weights;
 - ``latency_table.json``: the space's latency table (built once, reused by a resumed run);
@@ -449,7 +449,7 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
                     _prune_weights(weights_dir, records, budget, cfg.top_k)
                 acc = "failed (" + rec["error"] + ")" if rec["default"] is None else f"{rec['default']:.4f}"
                 msg = (f"trial {i}: accuracy {acc}, {rec['latency_ms']:.3f} ms, "
-                       f"{rec['flops'] / 1e6:.1f} M MACs, {rec['params'] / 1e6:.3f} M params, {rec['seconds']:.1f} s")
+                       f"{rec['macs'] / 1e6:.1f} M MACs, {rec['params'] / 1e6:.3f} M params, {rec['seconds']:.1f} s")
                 if bar is not None:
                     bar.update(1)
                     accs = [r["default"] for r in records

@@ -1,7 +1,8 @@
 """The shared end of a multi-trial search (random script and NNI launch): ranking, table, plot, best network.
 
 :func:`finish_search` takes the finished trials as plain records (``{"trial", "arch", "default", "latency_ms",
-"flops", "params", ...}``: what a trial reports, plus its id and architecture) and writes into ``out_dir``:
+"macs", "params", ...}``: what a trial reports, plus its id and architecture; an older file's ``"flops"`` is read
+as ``"macs"``) and writes into ``out_dir``:
 
 - ``topk.json``: the ``top_k`` most accurate trials within the budget (ties broken by lower latency), with the
   space, budget and units;
@@ -37,7 +38,7 @@ from hwnas.files import atomic_write
 
 __all__ = ["SearchReport", "finish_search", "format_table", "rank_records", "short_arch"]
 
-_REQUIRED = ("trial", "arch", "default", "latency_ms", "flops", "params")
+_REQUIRED = ("trial", "arch", "default", "latency_ms", "macs", "params")
 # Accuracy granularity is 1/len(val); on GPUs a borderline argmax may flip, so allow a couple of samples.
 _RELOAD_TOLERANCE_SAMPLES = 2
 WeightsSource = Callable[[int], Any] | str | os.PathLike | None
@@ -113,6 +114,8 @@ def _check_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     for n, rec in enumerate(records):
         if not isinstance(rec, Mapping):
             raise HwnasError(f"search record {n} is a {type(rec).__name__}, not a dict")
+        if "macs" not in rec and "flops" in rec:   # result files written before the rename say "flops"
+            rec = {**rec, "macs": rec["flops"]}
         missing = [k for k in _REQUIRED if k not in rec]
         if missing:
             raise HwnasError(f"search record {n} (trial {rec.get('trial', '?')}) lacks {missing}; every record needs "
@@ -185,7 +188,7 @@ def format_table(top: Sequence[Mapping[str, Any]]) -> str:
     rows = [head, "-" * len(head)]
     for rec in top:
         rows.append(f"{rec['rank']:>4}  {rec['trial']:>5}  {float(rec['default']):>8.4f}  "
-                    f"{float(rec['latency_ms']):>10.3f}  {float(rec['flops']) / 1e6:>8.2f}  "
+                    f"{float(rec['latency_ms']):>10.3f}  {float(rec['macs']) / 1e6:>8.2f}  "
                     f"{float(rec['params']) / 1e6:>10.3f}  {short_arch(rec['arch'])}")
     if not top:
         rows.append("(no trial within the budget)")
@@ -281,7 +284,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     ----------
     records : sequence of dict
         One per finished trial: ``trial`` (int id), ``arch`` (label -> choice), ``default`` (validation
-        accuracy in [0, 1]), ``latency_ms`` (predicted, ms), ``flops`` (MACs), ``params``; extra keys are kept.
+        accuracy in [0, 1]), ``latency_ms`` (predicted, ms), ``macs``, ``params``; extra keys are kept.
     space : str
         Registered space name (``"proxyless"``, ``"spos"``).
     space_config : dict
@@ -333,7 +336,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
 
     doc = {"space": {"name": space, "config": space_config}, "budget": _budget_dict(budget),
            "metric": "default = top-1 validation accuracy in [0, 1]",
-           "units": {"latency_ms": "ms (predicted)", "flops": "multiply-accumulates per image", "params": "count"},
+           "units": {"latency_ms": "ms (predicted)", "macs": "multiply-accumulates per image", "params": "count"},
            "n_trials": len(recs), "n_within_budget": len(ranked), "top": top}
     files["topk_json"] = out / "topk.json"
     atomic_write(files["topk_json"], json.dumps(doc, indent=2, sort_keys=False, default=_json_default) + "\n")

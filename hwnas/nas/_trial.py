@@ -2,8 +2,8 @@
 
 - :func:`evaluate_architecture` — the trial: an importable function for NNI's ``FunctionalEvaluator``. It trains the
   sampled subnet with :func:`hwnas.train.train_model` (the trainer of hwnas's plain random search too, so times per
-  trial compare), looks up the subnet's predicted latency, FLOPs and parameters in the experiment's latency table,
-  optionally saves the trained weights, and reports ``{"default": accuracy, "latency_ms", "flops", "params", ...}``.
+  trial compare), looks up the subnet's predicted latency, MACs and parameters in the experiment's latency table,
+  optionally saves the trained weights, and reports ``{"default": accuracy, "latency_ms", "macs", "params", ...}``.
 - :func:`traced_dataset` — a dataset of :class:`hwnas.data.DataConfig` as an ``nni.trace``-d call of
   :func:`hwnas.data.load_dataset`: NNI sends the call (about 100 bytes) to a trial, which rebuilds the data itself.
 - :class:`TrialRecorder` — a strategy middleware that keeps every trial's full result dict (NNI's ``Metrics`` keeps
@@ -92,7 +92,7 @@ def evaluate_architecture(model: Any, *, train_data: Any, val_data: Any, train: 
     Returns
     -------
     dict
-        ``{"default": accuracy, "accuracy", "latency_ms" (ms), "flops" (MACs), "params", "train_loss", "steps",
+        ``{"default": accuracy, "accuracy", "latency_ms" (ms), "macs", "params", "train_loss", "steps",
         "train_seconds", "seconds"}``; also sent with ``nni.report_final_result``. The architecture is not in it
         (NNI's web UI shows numbers): :class:`TrialRecorder` adds it from the trial's sample.
 
@@ -115,7 +115,7 @@ def evaluate_architecture(model: Any, *, train_data: Any, val_data: Any, train: 
                          f"{type(current).__name__}); wrap a manual call in Evaluator.mock_runtime(frozen_model)")
     arch = plain_arch(current.sample)
     table = LatencyTable.load(table_path)
-    info = {"latency_ms": float(table.latency(arch)), "flops": int(table.flops(arch)),
+    info = {"latency_ms": float(table.latency(arch)), "macs": int(table.macs(arch)),
             "params": int(table.params(arch))}
     cfg = TrainConfig(**dict(train))
     if space is None:

@@ -243,7 +243,7 @@ def evolve(space_or_choices: Any, fitness: Callable[[Arch], float], sampler: Any
             if not math.isfinite(value):
                 raise ValueError(f"fitness returned {value!r} for {arch}: not a finite number")
             info = sampler.describe(arch)
-            history.append(Candidate(dict(arch), value, float(info["latency_ms"]), int(info["flops"]),
+            history.append(Candidate(dict(arch), value, float(info["latency_ms"]), int(info["macs"]),
                                      int(info["params"]), generation))
             seen.add(key)
             if bar is not None:

@@ -14,7 +14,7 @@ from experiments import nni_search
 from hwnas.errors import DataError, InfeasibleBudgetError
 from hwnas.tables import LatencyTable
 
-KEYS = {"trial", "status", "arch", "default", "accuracy", "latency_ms", "flops", "params", "train_loss", "steps",
+KEYS = {"trial", "status", "arch", "default", "accuracy", "latency_ms", "macs", "params", "train_loss", "steps",
         "train_seconds", "seconds", "wall_seconds"}
 
 
@@ -35,7 +35,7 @@ def _check_records(result, n: int) -> None:
     for rec in trained:
         assert KEYS <= set(rec), KEYS - set(rec)
         assert rec["latency_ms"] == table.latency(rec["arch"]) <= result.budget.max_ms
-        assert (rec["flops"], rec["params"]) == (table.flops(rec["arch"]), table.params(rec["arch"]))
+        assert (rec["macs"], rec["params"]) == (table.macs(rec["arch"]), table.params(rec["arch"]))
         assert 0.0 <= rec["default"] == rec["accuracy"] <= 1.0 and rec["steps"] == 2
 
 

@@ -46,7 +46,7 @@ def test_table_matches_whole_subnet_prediction(name, side):
         rel = abs(lat - full) / full
         if rel >= worst:
             worst, worst_arch = rel, arch
-        assert table.flops(arch) == ss.count_flops(space, arch, side)
+        assert table.macs(arch) == ss.count_flops(space, arch, side)
         assert table.params(arch) == ss.count_params(space, arch)
     print(f"\n{name} {side}px: max relative error table vs whole subnet over {N_ARCHS} archs = {worst:.3e} "
           f"(latency range {from_table.min():.3f}..{from_table.max():.3f} ms)")

@@ -99,8 +99,8 @@ def test_accepts_and_describe_use_the_table(table, every_arch):
     arch = {"b0": "c1", "b1": "c0", "b2": "c3"}
     d = sampler.describe(arch)
     assert d["latency_ms"] == pytest.approx(FIXED + 0.1 + 1.5 + 0.05)
-    assert d["flops"] == 7 + 2000 + 1000 + 4000 and d["params"] == 3 + 20 + 10 + 40
-    assert set(d) == {"latency_ms", "flops", "params"}
+    assert d["macs"] == 7 + 2000 + 1000 + 4000 and d["params"] == 3 + 20 + 10 + 40
+    assert set(d) == {"latency_ms", "macs", "params"}
 
 
 def test_accepts_names_a_bad_architecture(table):

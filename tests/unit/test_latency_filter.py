@@ -50,7 +50,7 @@ def instant_trial(model, *, table_path):
     arch = plain_arch(nni.get_current_parameter())
     table = LatencyTable.load(table_path)
     nni.report_final_result({"default": 0.5, "accuracy": 0.5, "latency_ms": table.latency(arch),
-                             "flops": table.flops(arch), "params": table.params(arch), "seconds": 0.0})
+                             "macs": table.macs(arch), "params": table.params(arch), "seconds": 0.0})
 
 
 def _run(space, table_path, strategy, max_models):
@@ -92,7 +92,7 @@ def test_filter_accepts_exactly_the_architectures_within_the_budget(space, table
     assert [r["arch"] for r in f.accepted] == kept
     for rec in f.accepted:
         assert rec == {"arch": rec["arch"], "latency_ms": table.latency(rec["arch"]),
-                       "flops": table.flops(rec["arch"]), "params": table.params(rec["arch"])}
+                       "macs": table.macs(rec["arch"]), "params": table.params(rec["arch"])}
 
 
 def test_filter_takes_nni_models_and_works_as_a_plain_filter_function(space, table, median_ms):
@@ -118,8 +118,8 @@ def test_strategy_chain_trains_only_archs_within_budget_and_records_full_results
     assert [r["trial"] for r in rec.records] == [1, 2, 3]
     for r, model in zip(rec.records, trained):
         assert r["status"] == "trained" and r["arch"] == plain_arch(model)
-        assert (r["default"], r["latency_ms"], r["flops"], r["params"]) == (
-            0.5, table.latency(r["arch"]), table.flops(r["arch"]), table.params(r["arch"]))
+        assert (r["default"], r["latency_ms"], r["macs"], r["params"]) == (
+            0.5, table.latency(r["arch"]), table.macs(r["arch"]), table.params(r["arch"]))
         assert r["wall_seconds"] >= 0
     assert read_records(tmp_path / "results.jsonl") == json.loads(json.dumps(rec.records))
 

@@ -163,7 +163,7 @@ def test_every_trial_is_within_the_budget_and_described_by_the_table(tmp_path, t
     for rec in result.records:
         assert rec["latency_ms"] <= result.budget.max_ms
         assert rec["latency_ms"] == pytest.approx(table.latency(rec["arch"]))
-        assert (rec["flops"], rec["params"]) == (table.flops(rec["arch"]), table.params(rec["arch"]))
+        assert (rec["macs"], rec["params"]) == (table.macs(rec["arch"]), table.params(rec["arch"]))
     assert len({json.dumps(r["arch"], sort_keys=True) for r in result.records}) == 5
     kept = sorted(p.name for p in (tmp_path / "budget" / "trials").iterdir())   # only the top-2 weights remain
     assert kept == sorted(f"{r['trial']}.pt" for r in result.report.top)

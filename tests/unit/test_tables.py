@@ -122,7 +122,7 @@ def test_flops_and_params_equal_the_counters(small, name):
     space, table = small[name]
     archs = [ss.random_arch(space, s) for s in range(10)] + [table.fastest_arch(), table.slowest_arch()]
     for arch in archs:
-        assert table.flops(arch) == ss.count_flops(space, arch, 32)
+        assert table.macs(arch) == ss.count_flops(space, arch, 32)
         assert table.params(arch) == ss.count_params(space, arch)
 
 
@@ -137,7 +137,7 @@ def test_batch_from_dicts_equals_index_matrix_equals_loop(small, name):
     from_dicts = table.latency_batch(archs)
     np.testing.assert_array_equal(from_dicts, table.latency_batch(idx))
     np.testing.assert_array_equal(from_dicts, [table.latency(a) for a in archs])
-    np.testing.assert_array_equal(table.flops_batch(archs), table.flops_batch(idx))
+    np.testing.assert_array_equal(table.macs_batch(archs), table.macs_batch(idx))
     np.testing.assert_array_equal(table.params_batch(idx), [table.params(a) for a in archs])
     assert from_dicts.dtype == np.float64 and from_dicts.shape == (50,)
     assert table.latency_batch(np.zeros((0, len(table.labels)), dtype=int)).shape == (0,)
