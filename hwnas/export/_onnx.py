@@ -4,9 +4,8 @@ Legacy TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, ops
 ``onnxruntime-cpu`` measurement backend uses; input ``input``, output ``output`` (``output_<i>`` for several
 outputs), dynamic batch dimension. The hwnas metadata is stored as the model's ``metadata_props`` entry ``hwnas``.
 Constants are not folded, so BatchNorm stays a node of its own (ONNX Runtime folds it into the convolution when it
-loads the file): the file's op graph is the network's, and ``hwnas predict --onnx`` prices it with the same kernels
-(``conv-bn-relu6``...) as the module itself. A folded graph has BatchNorm-free kernels (``conv-relu6``) that the
-embedded predictors have no regressor for.
+loads the file); ``hwnas predict --onnx`` folds it as every backend does and prices the file with the same kernels
+(``conv-relu6``...) as the module itself, as it does a file exported with BatchNorm already folded.
 
 Limitations
 -----------

@@ -7,7 +7,10 @@ Which chains fuse is *data*: a list of op-name patterns measured per backend and
 node starts the longest rule that matches a chain of single-consumer successors; otherwise it is a kernel of
 its own.
 
-Each kernel gets a type (its ops joined by ``-``, e.g. ``conv-bn-relu``) and a feature vector: the shapes and
+The op graph arrives with each inference BatchNorm already folded into its convolution (:mod:`hwnas.graph`), so
+fusion patterns and kernel types never hold a ``bn`` right after a convolution (:func:`canonical_ops`).
+
+Each kernel gets a type (its ops joined by ``-``, e.g. ``conv-relu``) and a feature vector: the shapes and
 attributes of its first (main) op plus counts over the whole kernel. See :data:`FEATURES`.
 """
 
@@ -55,7 +58,7 @@ class Kernel:
     Attributes
     ----------
     type : str
-        Ops joined by ``-`` (``conv-bn-relu``).
+        Ops joined by ``-`` (``conv-relu``).
     nodes : list of OpNode
         The ops, main op first.
     features : dict of str to float
