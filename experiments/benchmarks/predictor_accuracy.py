@@ -1,18 +1,32 @@
 """Model-level accuracy of a built predictor on the zoo, side by side with baselines and the noise ceiling.
 
 Reads what a build measured (no timing happens here): ``<build>/raw/kernels*.jsonl[.gz]`` (kernels), the zoo
-networks measured end to end by ``experiments.benchmarks.measure_models`` (``<build>/raw/zoo.jsonl``, pass 0 is
-the reference, pass 1 an independent process for the noise ceiling), and optionally an op-level build
-(``hwnas build --op-level``). Prints one table per family, all columns from the same measurements:
+networks measured end to end by ``experiments.benchmarks.measure_models`` (``<build>/raw/zoo.jsonl``; each pass
+an independent process), and optionally an op-level build (``hwnas build --op-level``). The truth of a network
+is the median of its passes. Prints one table per family, all columns from the same measurements:
 
-- **noise**: how often pass 1 agrees with pass 0 (the best any predictor can be scored at);
+- **noise**: the share of networks where a single pass agrees with the median of the other passes within ±10%,
+  averaged over the passes (with two passes: pass 1 against pass 0); the best any predictor can be scored at;
 - **hwnas raw**: the kernel sum without calibration;
 - **hwnas cal (CV)**: with the kernel-type calibration, each network predicted by a calibration fitted on the
   other four fifths of the networks (5-fold cross-validation, so no network scores itself);
 - **hwnas LOFO**: leave one family out: kernel regressors refitted without the kernels only that family brought
   into the prior (neighbours of its kernels included) and the calibration fitted without its networks;
 - **FLOPs**: latency = a * MACs + b fitted on the other families;
-- **op-lookup**: the sum of per-operator latencies, every operator timed alone, no fusion.
+- **op-lookup**: the sum of per-operator latencies, every operator timed alone, no fusion;
+- **raw/meas**: the median of the uncalibrated kernel sum over the measured latency, and **tau**: Kendall's tau
+  between the calibrated (CV) prediction and the measured latency (the ranking a search relies on).
+
+Neighbour kernels (jitter, adaptive) belong to the family of the prior kernel they perturb. Where a build did not
+record that source, it is recovered by re-sampling the prior; a neighbour still without one is attributed to every
+family whose prior kernels share its signature (type, kernel, stride, depthwise or not), or to all families if
+none does, so a leave-one-family-out fit never trains on a kernel its family may have brought in.
+
+``--json PATH`` writes the rows, the calibration forms and a ``summary``: ``{"all": {...}, "families": {NAME:
+{...}}}``, each with ``noise_within10``, ``raw_within10``, ``cal_cv_within10``, ``lofo_within10``,
+``flops_within10``, ``op_lookup_within10`` (percent, 0-100; null where not computed), ``raw_sum_ratio_median``,
+``kendall_tau`` (calibrated CV), ``kendall_tau_raw``, ``raw_ratio_resolution_spearman`` (does the raw ratio drift
+with input resolution?) and ``n``.
 
     python -m experiments.benchmarks.predictor_accuracy --build experiments/builds/onnxruntime-cpu \\
         --ops-build experiments/builds/onnxruntime-cpu-ops --plot accuracy.png --json accuracy.json
@@ -32,6 +46,9 @@ from hwnas.builder._calibrate import apply_calibration, network_sums, select_cal
 from hwnas.builder._fit import error_metrics
 
 COLUMNS = ("hwnas_raw", "hwnas_cal_cv", "hwnas_lofo", "flops_lofo", "op_lookup")
+SUMMARY_KEYS = {"raw_within10": "hwnas_raw", "cal_cv_within10": "hwnas_cal_cv", "lofo_within10": "hwnas_lofo",
+                "flops_within10": "flops_lofo", "op_lookup_within10": "op_lookup"}
+NEIGHBOUR = {"jitter", "adaptive"}
 
 
 def _predictor(path: Path, calibrated: bool) -> Any:
@@ -44,35 +61,55 @@ def _predictor(path: Path, calibrated: bool) -> Any:
     return LatencyPredictor(meta, regs, path=path)
 
 
-def _parents(build: Path, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Source families of every neighbour (jitter) kernel. Builds before parent_families was recorded are
-    re-sampled with the same deterministic sampler to recover them."""
-    missing = [r for r in rows if set(r["families"]) <= {"jitter", "adaptive"} and not r["parent_families"]]
-    out = {r["key"]: r["parent_families"] for r in rows if r["parent_families"]}
-    if not missing:
-        return out
-    from hwnas.builder._build import BuildConfig, _rules, sample_kernels
-    from hwnas.builder._sampler import spec_key
-
-    cfg = BuildConfig(backend="?", out=build)
-    for spec in sample_kernels(cfg, _rules(cfg, progress=False), progress=True):
-        if spec.get("parent_families"):
-            out.setdefault(spec_key(spec), spec["parent_families"])
-    lost = sum(r["key"] not in out for r in missing)
-    if lost:
-        print(f"warning: {lost} of {len(missing)} neighbour kernels have no known source family")
-    return out
+def _signature(r: dict[str, Any]) -> tuple:
+    f = r["features"]
+    return r["type"], f["kernel"], f["stride"], f["groups"] > 1 and f["groups"] == f["cin"]
 
 
-def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, list[str]], family: str,
+def _parents(build: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, set[str]], dict[str, int]]:
+    """Source families of every neighbour (jitter, adaptive) kernel, and how they were found.
+
+    Recorded ``parent_families`` first; then a re-sampling of the prior with the build's deterministic sampler;
+    then every family whose prior kernels share the neighbour's signature; else every family."""
+    families = sorted({f for r in rows for f in r["families"]} - NEIGHBOUR)
+    out = {r["key"]: set(r["parent_families"]) for r in rows if r["parent_families"]}
+    missing = [r for r in rows if set(r["families"]) <= NEIGHBOUR and r["key"] not in out]
+    how = {"recorded": len(out), "resampled": 0, "signature": 0, "all_families": 0}
+    if missing:
+        from hwnas.builder._build import BuildConfig, _rules, sample_kernels
+        from hwnas.builder._sampler import spec_key
+
+        cfg = BuildConfig(backend="?", out=build)
+        resampled = {spec_key(s): s["parent_families"] for s in sample_kernels(cfg, _rules(cfg, progress=False),
+                                                                               progress=False)
+                     if s.get("parent_families")}
+        by_sig: dict[tuple, set[str]] = {}
+        for r in rows:
+            if set(r["families"]) - NEIGHBOUR:
+                by_sig.setdefault(_signature(r), set()).update(set(r["families"]) - NEIGHBOUR)
+        for r in missing:
+            if r["key"] in resampled:
+                out[r["key"]], kind = set(resampled[r["key"]]), "resampled"
+            elif _signature(r) in by_sig:
+                out[r["key"]], kind = by_sig[_signature(r)], "signature"
+            else:
+                out[r["key"]], kind = set(families), "all_families"
+            how[kind] += 1
+    return out, how
+
+
+def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, set[str]], family: str,
                     backend: str) -> tuple[Any, list[str]]:
-    """The base predictor refitted without the kernels only ``family`` brought in."""
+    """The base predictor refitted without the kernels only ``family`` brought in (and without every neighbour
+    whose source may be ``family``)."""
     from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
     from hwnas.predictor import LatencyPredictor
 
     def own(r: dict[str, Any]) -> bool:
-        fams = set(r["families"]) - {"jitter", "adaptive"} or set(parents.get(r["key"], []))
-        return fams == {family}
+        prior = set(r["families"]) - NEIGHBOUR
+        if prior:
+            return prior == {family}
+        return family in parents.get(r["key"], {family})
 
     by_type: dict[str, list] = {}
     dropped: dict[str, list] = {}
@@ -89,7 +126,59 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, li
     return LatencyPredictor(meta, regs), kept_from_family
 
 
-def _table(rows: list[dict[str, Any]], families: list[str], noise: dict[str, dict]) -> str:
+def _passes(store: Path) -> list[dict[str, dict[str, Any]]]:
+    """Every pass of the zoo store (pass 0, 1, ... until one is missing)."""
+    out = []
+    while True:
+        p = zoo_measurements(store, len(out))
+        if not p:
+            return out
+        out.append(p)
+
+
+def _single_pass_agreement(ms: list[float]) -> float | None:
+    """Share of a network's passes that agree with the median of its other passes within ±10% (None with one)."""
+    if len(ms) < 2:
+        return None
+    ok = [abs(v / float(np.median(ms[:i] + ms[i + 1:])) - 1) <= 0.10 for i, v in enumerate(ms)]
+    return float(np.mean(ok))
+
+
+def _summary_of(sel: list[dict[str, Any]]) -> dict[str, Any]:
+    from scipy.stats import kendalltau, spearmanr
+
+    true = np.array([r["measured_ms"] for r in sel])
+    out: dict[str, Any] = {"n": len(sel)}
+    noisy = [r["noise_within10"] for r in sel if r["noise_within10"] is not None]
+    out["n_noise"] = len(noisy)
+    out["noise_within10"] = 100 * float(np.mean(noisy)) if noisy else None
+    for key, col in SUMMARY_KEYS.items():
+        ok = [i for i, r in enumerate(sel) if r.get(col) is not None]
+        out[key] = 100 * error_metrics([sel[i][col] for i in ok], true[ok])["within_10pct"] if ok else None
+    ratio = np.array([r["hwnas_raw"] / r["measured_ms"] for r in sel])
+    out["raw_sum_ratio_median"] = float(np.median(ratio))
+
+    def tau(col: str) -> float | None:
+        if len(sel) < 3:
+            return None
+        t = kendalltau([r[col] for r in sel], true).statistic
+        return None if not np.isfinite(t) else float(t)
+
+    out["kendall_tau"] = tau("hwnas_cal_cv")
+    out["kendall_tau_raw"] = tau("hwnas_raw")
+    sides = [r["side"] for r in sel]
+    rho = spearmanr(sides, ratio).statistic if len(set(sides)) > 2 else float("nan")
+    out["raw_ratio_resolution_spearman"] = float(rho) if np.isfinite(rho) else None
+    return out
+
+
+def _summary(rows: list[dict[str, Any]], families: list[str]) -> dict[str, Any]:
+    return {"all": _summary_of(rows),
+            "families": {f: _summary_of([r for r in rows if r["family"] == f]) for f in families}}
+
+
+def _table(rows: list[dict[str, Any]], families: list[str], noise: dict[str, dict],
+           summary: dict[str, Any]) -> str:
     def cell(m: dict | None, full: bool = True) -> str:
         if not m or not m["n"]:
             return f"{'-':>5s} {'-':>5s} {'-':>6s}" if full else f"{'-':>5s} {'-':>6s}"
@@ -97,7 +186,8 @@ def _table(rows: list[dict[str, Any]], families: list[str], noise: dict[str, dic
         return s + f"{m['within_10pct']:5.0%} {m['rmspe']:6.1%}"
 
     head = (f"{'family':14s} {'n':>4s} | {'noise ±10%':>10s} | {'hwnas raw ±5/±10/RMSPE':>18s} | "
-            f"{'hwnas cal CV':>18s} | {'hwnas LOFO':>18s} | {'FLOPs ±10/RMSPE':>12s} | {'op-lookup':>12s}")
+            f"{'hwnas cal CV':>18s} | {'hwnas LOFO':>18s} | {'FLOPs ±10/RMSPE':>12s} | {'op-lookup':>12s} | "
+            f"{'raw/meas':>8s} | {'tau':>5s}")
     lines = [head, "-" * len(head)]
     for f in families + ["ALL"]:
         sel = [r for r in rows if f == "ALL" or r["family"] == f]
@@ -108,8 +198,11 @@ def _table(rows: list[dict[str, Any]], families: list[str], noise: dict[str, dic
             m[c] = error_metrics([sel[i][c] for i in ok], true[ok]) if ok else None
         nz = noise.get(f)
         nz_s = f"{nz['within_10pct']:4.0%} (n={nz['n']})" if nz else "-"
+        sm = summary["all"] if f == "ALL" else summary["families"][f]
+        tau = f"{sm['kendall_tau']:5.2f}" if sm["kendall_tau"] is not None else "    -"
         lines.append(f"{f:14s} {len(sel):4d} | {nz_s:>10s} | {cell(m['hwnas_raw'])} | {cell(m['hwnas_cal_cv'])} | "
-                     f"{cell(m['hwnas_lofo'])} | {cell(m['flops_lofo'], False)} | {cell(m['op_lookup'], False)}")
+                     f"{cell(m['hwnas_lofo'])} | {cell(m['flops_lofo'], False)} | {cell(m['op_lookup'], False)} | "
+                     f"{sm['raw_sum_ratio_median']:8.3f} | {tau}")
     return "\n".join(lines)
 
 
@@ -162,16 +255,17 @@ def main(argv: list[str] | None = None) -> None:
     store = Path(args.store) if args.store else zoo_store_path(build / "raw")
     pred_dir = Path(args.predictor) if args.predictor else build / "predictor"
     base = _predictor(pred_dir, calibrated=False)
-    ref = zoo_measurements(store, 0)
-    again = zoo_measurements(store, 1)
+    passes = _passes(store)
+    ref = passes[0]
     models = [m for m in zoo() if m.key in ref]
     families = sorted({m.family for m in models})
     graphs = [capture(m.build(), "torch", m.input_shape) for m in tqdm(models, desc="capturing networks")]
     kernels = [detect_kernels(g, base.rules) for g in graphs]
-    y = np.array([float(ref[m.key]["ms"]) for m in models])
+    pass_ms = [[float(p[m.key]["ms"]) for p in passes if m.key in p] for m in models]
+    y = np.array([float(np.median(v)) for v in pass_ms])
     ov = base.overhead_ms
-    rows = [{"family": m.family, "model": m.key, "measured_ms": float(v), "pass1_ms": (
-        float(again[m.key]["ms"]) if m.key in again else None)} for m, v in zip(models, y)]
+    rows = [{"family": m.family, "model": m.key, "side": int(m.input_shape[-1]), "measured_ms": float(v),
+             "pass_ms": ms, "noise_within10": _single_pass_agreement(ms)} for m, v, ms in zip(models, y, pass_ms)]
     fam = np.array([m.family for m in models])
 
     sums = network_sums(base, kernels)
@@ -188,10 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     for r, s, c, fl in zip(rows, sums, cv, flops):
         r.update(hwnas_raw=apply_calibration(None, s) + ov, hwnas_cal_cv=float(c) + ov, flops_lofo=float(fl))
 
-    lofo_notes = {}
+    lofo_notes: dict[str, Any] = {}
     if not args.no_lofo:
         krows, _ = kernel_rows(build / "raw")
-        parents = _parents(build, krows)
+        parents, how = _parents(build, krows)
+        lofo_notes["neighbour_sources"] = how
+        print("source family of the neighbour kernels: " + ", ".join(f"{k} {v}" for k, v in how.items()))
         for f in tqdm(families, desc="leave-one-family-out refits"):
             lp, kept = _lofo_predictor(base, krows, parents, f, base.backend)
             s_all = network_sums(lp, kernels)
@@ -212,15 +308,14 @@ def main(argv: list[str] | None = None) -> None:
                 r["op_lookup"] = None
                 r["op_lookup_error"] = str(e).splitlines()[0]
 
-    noise = {}
-    for f in families + ["ALL"]:
-        sel = [r for r in rows if (f == "ALL" or r["family"] == f) and r["pass1_ms"] is not None]
-        if sel:
-            noise[f] = error_metrics([r["pass1_ms"] for r in sel], [r["measured_ms"] for r in sel])
+    summary = _summary(rows, families)
+    noise = {f: {"n": v["n_noise"], "within_10pct": v["noise_within10"] / 100}
+             for f, v in [("ALL", summary["all"]), *summary["families"].items()] if v["noise_within10"] is not None}
     dev = base.metadata.get("device", {}).get("description")
     print(f"\npredictor {base.name} ({base.backend}); measured on: {dev}")
-    print(f"zoo: {len(models)} networks in {len(families)} families; store {store}\n")
-    print(_table(rows, families, noise))
+    print(f"zoo: {len(models)} networks in {len(families)} families, {len(passes)} passes (truth: their median); "
+          f"store {store}\n")
+    print(_table(rows, families, noise, summary))
     ratio = np.array([r["hwnas_raw"] / r["measured_ms"] for r in rows])
     print(f"\ncalibration form chosen by 5-fold CV: additive terms {chosen['terms']}, ridge {chosen['ridge']} "
           f"(CV RMSPE of each form: " + ", ".join(f"{c['terms']}/{c['ridge']}: {c['cv']['rmspe']:.1%}"
@@ -233,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         _plot(rows, families, args.plot, f"{base.name}: {len(models)} networks")
     if args.json:
-        Path(args.json).write_text(json.dumps({"predictor": base.name, "device": dev, "noise": noise,
-                                               "calibration_forms": report["candidates"],
+        Path(args.json).write_text(json.dumps({"predictor": base.name, "device": dev, "passes": len(passes),
+                                               "summary": summary, "calibration_forms": report["candidates"],
                                                "lofo": lofo_notes, "rows": rows}, indent=1))
         print(f"json: {args.json}")
 

@@ -16,6 +16,10 @@ Public API (everything else is private machinery and may change):
 - :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
   transferred from an installed one (``hwnas adapt``); :func:`probe_networks` — the networks it measures.
 - :func:`measure_zoo` — time the zoo networks end to end into a resumable store (one pass per call);
+  :func:`zoo` — those networks; :func:`zoo_measurements` — one pass of such a store;
+- :func:`profile_onnxruntime`, :class:`NetworkProfile` — each kernel's time inside a network, from ONNX Runtime's
+  per-node profile; :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
+  another (ms);
   :func:`features_for` — the feature names a kernel type's regressor is fitted on.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module.
@@ -71,6 +75,11 @@ _LAZY = {
     "probe_networks": "hwnas.builder._adapt",
     "features_for": "hwnas.builder._fit",
     "measure_zoo": "hwnas.builder._zoo",
+    "zoo": "hwnas.builder._zoo",
+    "zoo_measurements": "hwnas.builder._calibrate",
+    "profile_onnxruntime": "hwnas.builder._profile",
+    "NetworkProfile": "hwnas.builder._profile",
+    "fit_transfer": "hwnas.builder._transfer",
     "build": "hwnas.builder._build",
     # store
     "register_commands": "hwnas.builder._cli",
