@@ -207,8 +207,7 @@ def step_throughput(run: Run, compiled: bool = False) -> dict[str, Any]:
 
 
 def step_build(run: Run) -> dict[str, Any]:
-    from hwnas.builder._build import BuildConfig, build
-    from hwnas.builder._protocol import QUICK_PROTOCOL
+    from hwnas.builder import QUICK_PROTOCOL, BuildConfig, build
 
     cfg = run.cfg
     out = cfg.out / "build"
@@ -230,8 +229,7 @@ def step_zoo(run: Run) -> dict[str, Any]:
     import torchvision
 
     import hwnas
-    from hwnas.builder import measure
-    from hwnas.builder._protocol import QUICK_PROTOCOL
+    from hwnas.builder import QUICK_PROTOCOL, measure
 
     cfg = run.cfg
     built = run.results["steps"].get("build", {})
