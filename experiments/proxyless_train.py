@@ -151,8 +151,8 @@ def _run(args: argparse.Namespace) -> int:
                       num_workers=args.workers, seed=args.seed)
     train_all, val_ds = data.dataset("train"), data.dataset("val")
     weight_ds, arch_ds = split_train(train_all, args.arch_fraction, args.seed)
-
     out.mkdir(parents=True, exist_ok=True)   # once the data is read: a wrong path leaves no folder behind
+
     pl.seed_everything(args.seed, verbose=False)
     space = ss.create_space(args.space, input_size=args.image_size, num_classes=data.num_classes,
                             width_mult=args.width_mult)

@@ -176,13 +176,13 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Cheap checks first: the data is read (a wrong path fails here, in seconds) before the space is priced.
+    train_ds = load_dataset(args.data, "train", root=args.data_root, image_size=args.image_size)
+    val_ds = load_dataset(args.data, "val", root=args.data_root, image_size=args.image_size)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfgs = configs(args)
     progress = not args.no_progress
-    # Cheap checks first: the data is read (a wrong path fails here, in seconds) before the space is priced.
-    train_ds = load_dataset(args.data, "train", root=args.data_root, image_size=args.image_size)
-    val_ds = load_dataset(args.data, "val", root=args.data_root, image_size=args.image_size)
 
     # Then the budget: an infeasible budget fails before anything is trained.
     space = ss.create_space("spos", input_size=args.image_size, num_classes=num_classes(args.data, args.data_root),
