@@ -7,25 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwnas.cli import DeprecatedAlias
+
 __all__ = ["DeprecatedAlias", "add_data_args", "add_out_dir_arg", "parse_with_config", "yaml_defaults"]
-
-
-class DeprecatedAlias(argparse.Action):
-    """An old spelling of an option, kept for one release: stores like the new one and prints a note once."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, values)
-        noted = getattr(parser, "_hwnas_noted", set())
-        if option_string not in noted:   # parse_with_config parses twice: one note
-            print(f"note: {option_string} is deprecated and will be removed in the next release; use {self.new}",
-                  file=sys.stderr)
-            noted.add(option_string)
-            parser._hwnas_noted = noted   # type: ignore[attr-defined]
 
 
 def add_out_dir_arg(parser: argparse.ArgumentParser, default: str | None, help: str) -> argparse.Action:

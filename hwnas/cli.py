@@ -16,6 +16,24 @@ from typing import Callable, Sequence
 from hwnas.errors import HwnasError
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option, kept for one release: stores like the new one and prints a note once."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        noted = getattr(parser, "_hwnas_noted", set())
+        if option_string not in noted:   # a parser that parses twice: one note
+            print(f"note: {option_string} is deprecated and will be removed in the next release; use {self.new}",
+                  file=sys.stderr)
+            noted.add(option_string)
+            parser._hwnas_noted = noted   # type: ignore[attr-defined]
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``--input-shape`` of the command line: ``"1,3,224,224"`` (or ``1x3x224x224``) to a tuple of positive ints.
 

@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Callable
 
 
+def _out_dir(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--out-dir DIR`` (required), with the old ``--out`` as a deprecated alias (dest ``out``)."""
+    from hwnas.cli import DeprecatedAlias
+
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--out-dir", dest="out", metavar="DIR", help=help)
+    group.add_argument("--out", dest="out", metavar="DIR", action=DeprecatedAlias, new="--out-dir",
+                       help=argparse.SUPPRESS)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from hwnas.builder._build import BuildConfig, build, fit_only, merge_shards
 
@@ -86,7 +96,7 @@ def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Calla
 
     p = sub.add_parser("adapt", help="make a predictor for this machine in minutes, from an installed one")
     p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
-    p.add_argument("--out", required=True, help="output folder (raw probe measurements, predictor/, adapt.json)")
+    _out_dir(p, "output folder (raw probe measurements, predictor/, adapt.json)")
     p.add_argument("--from", dest="source", default=None, metavar="NAME",
                    help="predictor to transfer (default: the most similar installed one of the backend)")
     p.add_argument("--time-budget-min", type=float, default=10.0,
@@ -98,7 +108,7 @@ def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Calla
 
     p = sub.add_parser("build", help="measure kernels on a backend and fit a latency predictor")
     p.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
-    p.add_argument("--out", required=True, help="build directory (raw measurements + predictor/)")
+    _out_dir(p, "build directory (raw measurements + predictor/)")
     p.add_argument("--name", default=None, help="predictor name (default: <backend>-<cpu>)")
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="stop measuring after N minutes; run again to resume")

@@ -139,7 +139,7 @@ def _closeness(entry: PredictorEntry, fp: Mapping[str, Any]) -> tuple:
 
 def adapt_command(backend: str) -> str:
     """The one command that makes a predictor of ``backend`` for this machine."""
-    return f"hwnas adapt --backend {backend} --out runs/adapt-{backend}"
+    return f"hwnas adapt --backend {backend} --out-dir runs/adapt-{backend}"
 
 
 def select(backend: str, fp: Mapping[str, Any] | None = None) -> Selection:

@@ -39,3 +39,21 @@ def test_yaml_configs_use_out_dir_and_the_old_key_still_reads(tmp_path, capsys):
     assert "config key 'out' is deprecated" in capsys.readouterr().err
     with pytest.raises(ValueError, match="both out and out_dir"):
         nni_search.config_from_dict({"out": "a", "out_dir": "b"})
+
+
+def test_build_and_adapt_take_out_dir_and_the_old_out_with_a_note(capsys):
+    import argparse
+
+    from hwnas.builder import register_commands
+
+    parser = argparse.ArgumentParser()
+    handlers: dict = {}
+    register_commands(parser.add_subparsers(dest="command"), handlers)
+    assert {"build", "adapt"} <= set(handlers)
+    for sub in ("build", "adapt"):
+        assert parser.parse_args([sub, "--out-dir", "runs/x"]).out == "runs/x"
+        assert "deprecated" not in capsys.readouterr().err
+        assert parser.parse_args([sub, "--out", "runs/y"]).out == "runs/y"
+        assert "--out is deprecated" in capsys.readouterr().err
+        with pytest.raises(SystemExit):   # one of them is required
+            parser.parse_args([sub])
