@@ -76,7 +76,12 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, help="PNG: predicted vs measured per method")
     ap.add_argument("--models", type=int, default=None, help="only the first N held-out models (a smoke run)")
     args = ap.parse_args(argv)
-    warnings.simplefilter("ignore")
+    for category in (DeprecationWarning, FutureWarning):   # torch's jit/ONNX deprecation notices
+        warnings.filterwarnings("ignore", category=category)
+    from hwnas.predictor import DeviceMismatchWarning
+
+    # scores predictors of the machine that measured the stored data, on purpose: not this machine's
+    warnings.filterwarnings("ignore", category=DeviceMismatchWarning)
 
     import hwnas
     from hwnas.builder import AdaptConfig, adapt

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    for category in (DeprecationWarning, FutureWarning):   # torch's jit/ONNX deprecation notices
+        warnings.filterwarnings("ignore", category=category)
 
     import hwnas
     import search_spaces as ss

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--families", default=None, help="comma-separated subset of families")
     ap.add_argument("--time-budget-min", type=float, default=None, help="stop after this many minutes")
     args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore")
+    for category in (DeprecationWarning, FutureWarning):   # torch's jit/ONNX deprecation notices
+        warnings.filterwarnings("ignore", category=category)
     import torch
 
     from hwnas.builder import measure_zoo

@@ -239,7 +239,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark of ``args`` (see :func:`parser`); returns the settings and one row per pipeline."""
     import logging
 
-    warnings.filterwarnings("ignore")
+    for category in (DeprecationWarning, FutureWarning):   # torch's jit/ONNX deprecation notices
+        warnings.filterwarnings("ignore", category=category)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("nni").setLevel(logging.ERROR)
     device = torch.device(args.device)

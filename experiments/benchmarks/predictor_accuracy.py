@@ -243,7 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    warnings.filterwarnings("ignore")
+    for category in (DeprecationWarning, FutureWarning):   # torch's jit/ONNX deprecation notices
+        warnings.filterwarnings("ignore", category=category)
+    from hwnas.predictor import DeviceMismatchWarning
+
+    # scores predictors of the machine that measured the stored data, on purpose: not this machine's
+    warnings.filterwarnings("ignore", category=DeviceMismatchWarning)
     from tqdm.auto import tqdm
 
     from hwnas.builder._fit import kernel_rows
