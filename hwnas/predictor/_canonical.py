@@ -26,12 +26,15 @@ def winners(types: Mapping[str, Any], sample_counts: Mapping[str, int]) -> dict[
 
 
 def rekey(entries: Mapping[str, V], chosen: Mapping[str, str]) -> dict[str, V]:
-    """``entries`` keyed by folded type: each folded type takes the entry of its chosen old type; old types
-    outside ``chosen`` (types of the calibration the regressors lack) fold on their own name."""
+    """``entries`` keyed by folded type: each folded type takes the entry of its chosen old type (or the entry
+    already under the folded name, when ``entries`` were re-keyed before); old types outside ``chosen`` (types of
+    the calibration the regressors lack) fold on their own name."""
     out: dict[str, V] = {}
     for c, old in chosen.items():
         if old in entries:
             out[c] = entries[old]
+        elif c in entries:
+            out[c] = entries[c]
     for old, v in entries.items():
         c = canonical_type(old)
         if c not in chosen and c not in out:

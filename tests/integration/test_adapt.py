@@ -80,7 +80,7 @@ def test_adapt_recovers_a_known_distortion(tmp_path):
     # kernels (after dropping those too short to time) is pulled towards the global pair, by design
     kt = rep["kernel_transfer"]
     well = [t for t, n in kt["n_kernels"].items() if n >= 12 and t in kt["kernel_types"]]
-    assert {"conv-bn-relu", "conv-bn"} <= set(well)
+    assert {"conv-relu", "conv"} <= set(well)   # mobilenet_v2 and resnet convolutions, batch norms folded
     for ktype in well:
         a, b = kt["kernel_types"][ktype]
         assert b == pytest.approx(1.0, abs=0.05)

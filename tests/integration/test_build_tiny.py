@@ -14,7 +14,7 @@ from hwnas.predictor import load_latency_predictor
 RULES = [["conv", "bn", "relu"], ["conv", "bn"]]
 
 #: Stated bound of the fitted predictor against the measurements it was fitted on (in sample), with the steadier
-#: TEST_PROTOCOL: a tree-fitted kernel type (12+ kernels; here conv-bn-relu, 0.1-0.3 ms) has its predicted total
+#: TEST_PROTOCOL: a tree-fitted kernel type (12+ kernels; here conv-relu, 0.1-0.3 ms) has its predicted total
 #: and its median kernel within 15% of the measurements and no kernel off by more than a factor of 2; the types
 #: with a few kernels (linear fits) of a few microseconds, near the timer's noise, are held to their predicted
 #: total within 35% of the measured total.
@@ -37,7 +37,7 @@ def test_tiny_build_measures_fits_loads_predicts_and_resumes(tmp_path):
     models = [PriorModel(f"net{w}@{r}", "tiny", lambda w=w: _net(w), (1, 3, r, r))
               for w in (8, 16, 24) for r in (16, 24, 32)]
     specs = prior_specs(models, FusionRules(RULES), progress=False)
-    assert {s["type"] for s in specs} == {"conv-bn-relu", "global_avgpool", "reshape", "fc"}
+    assert {s["type"] for s in specs} == {"conv-relu", "global_avgpool", "reshape", "fc"}   # batch norms folded
 
     first = measure_kernels(cfg, specs[:5], progress=False)      # an "interrupted" first run
     assert first == 5
@@ -50,7 +50,7 @@ def test_tiny_build_measures_fits_loads_predicts_and_resumes(tmp_path):
     path = fit_predictor(cfg, FusionRules(RULES), progress=False)
     pred = load_latency_predictor(path)
     assert pred.name == "tiny-build" and pred.backend == "torchscript-cpu"
-    assert set(pred.metadata["kernels"]) == {"conv-bn-relu", "global_avgpool", "reshape", "fc"}
+    assert set(pred.metadata["kernels"]) == {"conv-relu", "global_avgpool", "reshape", "fc"}
     ms = pred.predict(_net(16), "torch", (1, 3, 24, 24))
     assert ms > 0
     _check_against_measurements(pred, tmp_path / "b" / "raw")

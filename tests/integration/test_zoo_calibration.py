@@ -65,7 +65,7 @@ def test_calibration_is_fitted_from_the_store_and_applied_by_the_predictor(tmp_p
     weighted = sum(pred.kernel_scale.get(t, 1.0) * d["ms"] for s in sums for t, d in s.items()) / total
     assert weighted == pytest.approx(1.25, rel=0.02)
     assert pred.kernel_scale == cal["kernel_scale"] and all(1.0 < pred.kernel_scale[t] <= 2.0 for t in
-                                                            ("conv-relu", "conv-bn-relu6", "conv-bn"))
+                                                            ("conv-relu", "conv-relu6", "conv"))
     # and every network's calibrated prediction reproduces its synthetic measurement (in sample)
     for m, ks, s in zip(models, kernels, sums):
         want = 1.25 * sum(d["ms"] for d in s.values()) + raw.overhead_ms

@@ -77,6 +77,8 @@ def test_a_clash_keeps_the_type_fitted_on_more_kernels_in_every_entry():
     chosen = winners({"conv": 0, "conv-bn": 0, "conv-bn-relu": 0, "add": 0}, {"conv": 40, "conv-bn": 900})
     assert chosen == {"conv": "conv-bn", "conv-relu": "conv-bn-relu", "add": "add"}
     assert rekey({"conv": 1.0, "conv-bn": 2.0, "relu": 3.0}, chosen) == {"conv": 2.0, "relu": 3.0}
+    again = rekey({"conv": 2.0, "conv-relu": 4.0}, chosen)            # entries re-keyed already keep their keys
+    assert again == {"conv": 2.0, "conv-relu": 4.0}
 
 
 def test_a_predictor_named_before_the_fold_prices_the_folded_kernels(tmp_path):
