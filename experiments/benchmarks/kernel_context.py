@@ -82,6 +82,16 @@ def _profile(args: argparse.Namespace, models: list[Any], rules: Any, path: Path
     return done
 
 
+def _read_profiles(out: Path) -> dict[str, dict]:
+    """The stored profiles (``profiles.jsonl``, or the ``.gz`` kept in the repository)."""
+    import gzip
+
+    gz = out / "profiles.jsonl.gz"
+    text = gzip.open(gz, "rt").read() if gz.is_file() and not (out / "profiles.jsonl").is_file() else \
+        (out / "profiles.jsonl").read_text()
+    return {json.loads(l)["model"]: json.loads(l) for l in text.splitlines() if l.strip()}
+
+
 def _spearman(x: list[float], y: list[float]) -> float | None:
     from scipy.stats import spearmanr
 
@@ -214,13 +224,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = out / "zoo.jsonl"
+    store = out / "zoo.jsonl" if (out / "zoo.jsonl").is_file() or not (out / "zoo.jsonl.gz").is_file() \
+        else out / "zoo.jsonl.gz"
     predictor = load_latency_predictor(args.predictor if args.predictor != "auto" else f"auto:{args.backend}")
     models = _subset(args.every)
     if not args.analyse_only:
         _measure(args, store)
-    profiles = _profile(args, models, predictor.rules, out / "profiles.jsonl") if not args.analyse_only else {
-        json.loads(l)["model"]: json.loads(l) for l in (out / "profiles.jsonl").read_text().splitlines() if l}
+    profiles = (_profile(args, models, predictor.rules, out / "profiles.jsonl") if not args.analyse_only
+                else _read_profiles(out))
     truth: dict[str, list[float]] = {}
     p = 0
     while True:
