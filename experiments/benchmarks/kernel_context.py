@@ -8,11 +8,12 @@ On this machine and one backend (``onnxruntime-cpu``; its profiler gives per-nod
    every kernel gets its in-network time, layout conversions and fused-away kernels are counted;
 3. per family, side by side:
 
-   - **kernel sum / measured** of the predictor (``--predictor``, default ``auto``), uncalibrated: the method in
-     use (kernels timed alone or behind a prefix, transferred to this machine);
+   - **kernel sum / measured** of the predictor (``--predictor``, default ``auto``): its kernels as it prices them
+     (transfer and calibration included) plus its per-call overhead, i.e. its prediction: the method in use
+     (kernels timed alone or behind a prefix, transferred and calibrated to this machine);
    - **profiled nodes / measured**: what in-network labels account for (the ceiling of a kernel model fitted on
      them: the rest is the session's own work between nodes);
-   - **in-network transfer (LOFO)**: the predictor's kernels mapped per type onto in-network labels (log-linear,
+   - **in-network transfer (LOFO)**: the predictor's kernel prices mapped per type onto in-network labels (log-linear,
      :func:`hwnas.builder.fit_transfer`) fitted on the *other* families' profiles, plus the per-call
      overhead; within ±10% and its sum / measured;
    - Spearman correlation of each ratio with the input resolution (a trend the kernel model misses).
