@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from hwnas.predictor._canonical import rekey, sample_counts, winners
+
 from hwnas.builder._calibrate import SCALE_BOUNDS, apply_calibration, cross_validate, fit_calibration, \
     network_terms
 from hwnas.errors import PredictorFileError
@@ -185,13 +187,17 @@ def test_embedded_predictors_apply_their_calibration_kernel_by_kernel():
     for name, _, cal in calibrations:
         pred = load_latency_predictor(name)
         raw = LatencyPredictor({k: v for k, v in pred.metadata.items() if k != "calibration"}, pred.regressors)
-        assert pred.kernel_scale == cal["kernel_scale"] and pred.kernel_terms == cal.get("kernel_terms", {})
+        # the file names its types before the batch-norm fold (conv-bn-relu6): the loaded factors are re-keyed
+        chosen = winners(pred.metadata["kernels"], sample_counts(pred.metadata))
+        assert pred.kernel_scale == rekey(cal["kernel_scale"], chosen)
+        assert pred.kernel_terms == rekey(cal.get("kernel_terms", {}), chosen)
         assert pred.overhead_ms == pytest.approx(raw.overhead_ms + cal["intercept_ms"], abs=1e-12)
         kernels = pred.kernels(net, "torch", (1, 3, 32, 32))
         got, base = pred.kernel_latencies(kernels), raw.kernel_latencies(kernels)
-        want = np.array([b * cal["kernel_scale"].get(k.type, 1.0)
+        scale, terms = rekey(cal["kernel_scale"], chosen), rekey(cal.get("kernel_terms", {}), chosen)
+        want = np.array([b * scale.get(k.type, 1.0)
                          + sum(c * (1.0 if CALIBRATION_TERMS[t] is None else k.features[CALIBRATION_TERMS[t]])
-                               for t, c in cal.get("kernel_terms", {}).get(k.type, {}).items())
+                               for t, c in terms.get(k.type, {}).items())
                          for k, b in zip(kernels, base)])
-        assert any(k.type in cal["kernel_scale"] and cal["kernel_scale"][k.type] != 1.0 for k in kernels), name
+        assert any(k.type in scale and scale[k.type] != 1.0 for k in kernels), name
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=name)
