@@ -352,6 +352,20 @@ def release_memory(backend: Any) -> None:
         fn()
 
 
+def ort_session_options(threads: int = 1) -> Any:
+    """The ONNX Runtime session options every measurement uses: ``threads`` intra-op threads, one inter-op
+    thread, sequential execution, all graph optimisations, quiet logging."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
 class OnnxRuntimeCPU:
     """ONNX Runtime, CPU execution provider; see the module docstring.
 
@@ -436,12 +450,7 @@ class OnnxRuntimeCPU:
         shape = check_input_shape(input_shape)
         x = _example_input(shape)
         data = self._onnx_bytes(model, x)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so = ort_session_options(threads)
         if optimized_path:
             so.optimized_model_filepath = optimized_path
         try:

@@ -154,7 +154,7 @@ def profile_onnxruntime(model: Any, input_shape: Sequence[int], rules: FusionRul
     import onnx
     import onnxruntime as ort
 
-    from hwnas.builder._backends import OnnxRuntimeCPU, _example_input, check_input_shape
+    from hwnas.builder._backends import OnnxRuntimeCPU, _example_input, check_input_shape, ort_session_options
     from hwnas.graph import capture
 
     shape = check_input_shape(input_shape)
@@ -165,12 +165,7 @@ def profile_onnxruntime(model: Any, input_shape: Sequence[int], rules: FusionRul
     kernels = detect_kernels(graph, rules)
     tensor, node = _tensor_owners(proto, graph)
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
+        so = ort_session_options(threads)   # as the onnxruntime-cpu backend measures
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "profile")
         sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
