@@ -104,7 +104,7 @@ def _input_shape(args: argparse.Namespace, model_type: str, source: str) -> tupl
             recorded = None
         recorded = tuple(int(s) for s in recorded) if recorded else None
     else:
-        from hwnas.graph._onnx import onnx_input_shapes
+        from hwnas.graph import onnx_input_shapes
 
         static, recorded = onnx_input_shapes(source)
     if shape is not None:

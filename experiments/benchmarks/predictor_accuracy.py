@@ -42,8 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.builder._calibrate import apply_calibration, network_sums, select_calibration, zoo_measurements
-from hwnas.builder._fit import error_metrics
+from hwnas.builder import apply_calibration, error_metrics, network_sums, select_calibration, zoo_measurements
 
 COLUMNS = ("hwnas_raw", "hwnas_cal_cv", "hwnas_lofo", "flops_lofo", "op_lookup")
 SUMMARY_KEYS = {"raw_within10": "hwnas_raw", "cal_cv_within10": "hwnas_cal_cv", "lofo_within10": "hwnas_lofo",
@@ -53,7 +52,7 @@ NEIGHBOUR = {"jitter", "adaptive"}
 
 def _predictor(path: Path, calibrated: bool) -> Any:
     from hwnas.predictor import LatencyPredictor
-    from hwnas.predictor._format import read_predictor
+    from hwnas.predictor import read_predictor
 
     meta, regs = read_predictor(path)
     if not calibrated:
@@ -76,8 +75,7 @@ def _parents(build: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, set[str
     missing = [r for r in rows if set(r["families"]) <= NEIGHBOUR and r["key"] not in out]
     how = {"recorded": len(out), "resampled": 0, "signature": 0, "all_families": 0}
     if missing:
-        from hwnas.builder._build import BuildConfig, _rules, sample_kernels
-        from hwnas.builder._sampler import spec_key
+        from hwnas.builder import BuildConfig, build_fusion_rules as _rules, sample_kernels, spec_key
 
         cfg = BuildConfig(backend="?", out=build)
         resampled = {spec_key(s): s["parent_families"] for s in sample_kernels(cfg, _rules(cfg, progress=False),
@@ -102,7 +100,7 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, se
                     backend: str) -> tuple[Any, list[str]]:
     """The base predictor refitted without the kernels only ``family`` brought in (and without every neighbour
     whose source may be ``family``)."""
-    from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
+    from hwnas.builder import MIN_FIT_SAMPLES, fit_regressors
     from hwnas.predictor import LatencyPredictor
 
     def own(r: dict[str, Any]) -> bool:
@@ -251,8 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=DeviceMismatchWarning)
     from tqdm.auto import tqdm
 
-    from hwnas.builder._fit import kernel_rows
-    from hwnas.builder._zoo import zoo, zoo_store_path
+    from hwnas.builder import kernel_rows, zoo, zoo_store_path
     from hwnas.graph import capture
     from hwnas.kernels import detect_kernels
 

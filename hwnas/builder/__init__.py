@@ -18,11 +18,19 @@ Public API (everything else is private machinery and may change):
 - :func:`measure_zoo` — time the zoo networks end to end into a resumable store (one pass per call);
   :func:`zoo` — those networks; :func:`zoo_measurements` — one pass of such a store;
 - :func:`profile_onnxruntime`, :class:`NetworkProfile` — each kernel's time inside a network, from ONNX Runtime's
-  per-node profile; :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
+  per-node profile; :func:`trace_onnxruntime`, :class:`NodeTrace` — the raw per-node record behind it (kept, so
+  labels can be derived again under other rules: :func:`profile_from_trace`; :func:`ort_kernel_groups` — the
+  kernels as ONNX Runtime fused them); :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
   another (ms);
   :func:`features_for` — the feature names a kernel type's regressor is fitted on.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
-  standalone module.
+  standalone module. Its stages, for benchmarks that re-run one of them: :func:`build_fusion_rules` (the rules a
+  build prices with), :func:`sample_kernels` (the kernel specs it measures; :func:`spec_key` names one);
+  :func:`kernel_rows` (a build's measured kernels as fit rows), :func:`fit_regressors` (one regressor per kernel
+  type; none below :data:`MIN_FIT_SAMPLES` measurements), :func:`error_metrics` (shares within ±5% and ±10%, RMSE, RMSPE);
+  :func:`network_sums` (a network's kernel sums per type), :func:`select_calibration` (the calibration a build
+  keeps) and :func:`apply_calibration` (a calibrated network latency, ms); :func:`zoo_store_path` (where a build
+  keeps its zoo measurements).
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
 - :func:`register_commands` — adds ``hwnas build``, ``hwnas adapt`` and the other builder subcommands to the
   ``hwnas`` parser.
@@ -74,11 +82,26 @@ _LAZY = {
     "ensure_predictor": "hwnas.builder._adapt",
     "probe_networks": "hwnas.builder._adapt",
     "features_for": "hwnas.builder._fit",
+    "kernel_rows": "hwnas.builder._fit",
+    "fit_regressors": "hwnas.builder._fit",
+    "error_metrics": "hwnas.builder._fit",
+    "MIN_FIT_SAMPLES": "hwnas.builder._fit",
+    "build_fusion_rules": "hwnas.builder._build",
+    "sample_kernels": "hwnas.builder._build",
+    "spec_key": "hwnas.builder._sampler",
+    "network_sums": "hwnas.builder._calibrate",
+    "select_calibration": "hwnas.builder._calibrate",
+    "apply_calibration": "hwnas.builder._calibrate",
+    "zoo_store_path": "hwnas.builder._zoo",
     "measure_zoo": "hwnas.builder._zoo",
     "zoo": "hwnas.builder._zoo",
     "zoo_measurements": "hwnas.builder._calibrate",
     "profile_onnxruntime": "hwnas.builder._profile",
     "NetworkProfile": "hwnas.builder._profile",
+    "NodeTrace": "hwnas.builder._profile",
+    "trace_onnxruntime": "hwnas.builder._profile",
+    "profile_from_trace": "hwnas.builder._profile",
+    "ort_kernel_groups": "hwnas.builder._profile",
     "fit_transfer": "hwnas.builder._transfer",
     "build": "hwnas.builder._build",
     # store

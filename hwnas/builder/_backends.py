@@ -167,7 +167,7 @@ def quiet_deprecations() -> Iterator[None]:
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """Validate an input shape: a sequence of >= 2 positive ints (batch included)."""
-    from hwnas.graph._capture import check_input_shape as _check   # issue 14: to come from hwnas.graph
+    from hwnas.graph import check_input_shape as _check
 
     return _check(input_shape)
 

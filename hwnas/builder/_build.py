@@ -125,7 +125,10 @@ def measure_in_context(backend: Any, module: nn.Module, input_shape: Sequence[in
     return {"ms": m.ms - o.ms, "isolated_ms": m.ms, "overhead_ms": o.ms}
 
 
-def _rules(cfg: BuildConfig, progress: bool) -> FusionRules:
+def build_fusion_rules(cfg: BuildConfig, progress: bool) -> FusionRules:
+    """The fusion rules a build prices with: ``cfg.fusion_rules`` when given, else the rules stored in
+    ``<out>/raw/fusion.json``, else detected on ``cfg.backend`` now (and stored there); only the rules that fuse
+    (:func:`rule_fuses`) are kept."""
     raw = Path(cfg.out) / "raw"
     path = raw / "fusion.json"
     if cfg.fusion_rules is not None:
@@ -243,7 +246,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> Path:
     from hwnas.builder._fit import fit_predictor
 
     Path(cfg.out, "raw").mkdir(parents=True, exist_ok=True)
-    rules = _rules(cfg, progress)
+    rules = build_fusion_rules(cfg, progress)
     specs = sample_kernels(cfg, rules, progress)
     measure_kernels(cfg, specs, progress)
     path = fit_predictor(cfg, rules, progress=progress)
@@ -289,7 +292,7 @@ def fit_only(cfg: BuildConfig) -> Path:
     from hwnas.builder._calibrate import calibrate_build
     from hwnas.builder._fit import fit_predictor
 
-    path = fit_predictor(cfg, _rules(cfg, progress=False))
+    path = fit_predictor(cfg, build_fusion_rules(cfg, progress=False))
     from hwnas.builder._zoo import zoo_store_path
 
     if cfg.calibrate and zoo_store_path(Path(cfg.out) / "raw").is_file():

@@ -208,8 +208,7 @@ def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progres
 
     from hwnas.builder._fit import error_metrics
     from hwnas.builder._zoo import zoo, zoo_store_path
-    from hwnas.predictor import LatencyPredictor
-    from hwnas.predictor._format import read_predictor, write_predictor
+    from hwnas.predictor import LatencyPredictor, read_predictor, write_predictor
 
     build_dir = Path(build_dir)
     store = Path(store) if store else zoo_store_path(build_dir / "raw")

@@ -29,9 +29,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         cfg.calibrate = False
     cfg.adaptive_rounds = 0 if args.op_level else args.adaptive_rounds
     if args.adaptive_only:
-        from hwnas.builder._build import _rules, adaptive_round
+        from hwnas.builder._build import adaptive_round, build_fusion_rules
 
-        rules = _rules(cfg, progress=True)
+        rules = build_fusion_rules(cfg, progress=True)
         for _ in range(max(1, args.adaptive_rounds)):
             if not adaptive_round(cfg, rules):
                 break

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwnas.graph import OpGraph, fold_batchnorm
 from hwnas.kernels import FusionRules, kernel_features
-from hwnas.predictor._regressors import UNIT_FLOOR
+from hwnas.predictor import UNIT_FLOOR
 
 # Features per kernel family (by the main op); the rest use GENERIC.
 CONV = ["hin", "win", "cin", "cout", "hout", "kernel", "stride", "groups", "macs", "params", "in_elems", "out_elems"]
@@ -158,7 +158,7 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     """The best regressor for one kernel type and its held-out report."""
     from sklearn.linear_model import LinearRegression
 
-    from hwnas.predictor._regressors import LinearModel, TreeEnsemble
+    from hwnas.predictor import LinearModel, TreeEnsemble
 
     names = features_for(ktype)
     x = np.array([[f[n] for n in names] for f, _ in rows], dtype=np.float64)
@@ -205,7 +205,7 @@ def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
     import hwnas
     from hwnas.builder._build import default_name, utc_now
     from hwnas.device import describe, fingerprint
-    from hwnas.predictor._format import write_predictor
+    from hwnas.predictor import write_predictor
 
     by_type, overhead = _records(cfg)
     if not by_type:

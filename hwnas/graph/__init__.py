@@ -1,7 +1,17 @@
-"""Model → op graph with shapes. See :func:`capture`."""
+"""Model → op graph with shapes. See :func:`capture`.
 
+Public API: :func:`capture` (a model to an :class:`OpGraph`), :class:`OpGraph`, :class:`OpNode`,
+:data:`CANONICAL_OPS`, :func:`fold_batchnorm`; :func:`check_input_shape` — the one check of an input shape
+(>= 2 positive ints, batch first; :class:`~hwnas.errors.InputShapeError`); :func:`onnx_input_shapes` — an ONNX
+model's static input shape and the one its hwnas metadata records (imported on first use: it needs numpy).
+"""
+
+from hwnas._lazy import lazy_exports
 from hwnas.graph._ir import CANONICAL_OPS, OpGraph, OpNode
-from hwnas.graph._capture import capture
+from hwnas.graph._capture import capture, check_input_shape
 from hwnas.graph._passes import fold_batchnorm
 
-__all__ = ["CANONICAL_OPS", "OpGraph", "OpNode", "capture", "fold_batchnorm"]
+__all__ = ["CANONICAL_OPS", "OpGraph", "OpNode", "capture", "check_input_shape", "fold_batchnorm",
+           "onnx_input_shapes"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {"onnx_input_shapes": "hwnas.graph._onnx"}, globals())

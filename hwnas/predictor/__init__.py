@@ -163,7 +163,7 @@ def _default_input_shape(model: Any, model_type: str, input_shape: Sequence[int]
                                   "input_shape, e.g. (1, 3, 224, 224)")
         return tuple(int(s) for s in recorded)
     if model_type == "onnx":
-        from hwnas.graph._onnx import onnx_input_shapes
+        from hwnas.graph import onnx_input_shapes
 
         return onnx_input_shapes(os.fspath(model))[1]
     return None

@@ -19,34 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("hwnas", "experiments", "search_spaces", "examples")
 
-#: Private imports still allowed, to be emptied (issue 16). Each entry: path relative to the repository root -> the
-#: imports (``"module:name"``, or ``"module"`` for every name of it) still allowed in that file. All of them wait
-#: for issue 14, which is rewriting these files (or, for the last three, the private modules of ``hwnas.graph``)
-#: now; once it lands, each import goes through the public face that already exists (``hwnas.predictor``:
-#: ``read_predictor``, ``write_predictor``, ``TreeEnsemble``, ``LinearModel``, ``UNIT_FLOOR``) or one to be
-#: added (``hwnas.builder``: the calibration, fit and zoo helpers; ``hwnas.graph``: ``check_input_shape``,
-#: ``onnx_input_shapes``), and its entry here is deleted.
-ALLOWED: dict[str, set[str]] = {
-    "experiments/benchmarks/predictor_accuracy.py": {
-        "hwnas.builder._calibrate:apply_calibration", "hwnas.builder._calibrate:network_sums",
-        "hwnas.builder._calibrate:select_calibration", "hwnas.builder._calibrate:zoo_measurements",
-        "hwnas.builder._fit:error_metrics", "hwnas.builder._fit:MIN_FIT_SAMPLES", "hwnas.builder._fit:fit_regressors",
-        "hwnas.builder._fit:kernel_rows", "hwnas.predictor._format:read_predictor", "hwnas.builder._build:BuildConfig",
-        "hwnas.builder._build:_rules", "hwnas.builder._build:sample_kernels", "hwnas.builder._sampler:spec_key",
-        "hwnas.builder._zoo:zoo", "hwnas.builder._zoo:zoo_store_path",
-    },
-    "hwnas/builder/_calibrate.py": {
-        "hwnas.predictor._format:read_predictor", "hwnas.predictor._format:write_predictor",
-    },
-    "hwnas/builder/_fit.py": {
-        "hwnas.predictor._regressors:UNIT_FLOOR", "hwnas.predictor._regressors:LinearModel",
-        "hwnas.predictor._regressors:TreeEnsemble", "hwnas.predictor._format:write_predictor",
-    },
-    # hwnas/graph is issue 14's too: these two wait for hwnas.graph to export the names.
-    "hwnas/builder/_backends.py": {"hwnas.graph._capture:check_input_shape"},
-    "hwnas/cli.py": {"hwnas.graph._onnx:onnx_input_shapes"},
-    "hwnas/predictor/__init__.py": {"hwnas.graph._onnx:onnx_input_shapes"},   # added by 7604aa0 (issue 18)
-}
+#: Private imports still allowed: path relative to the repository root -> the imports (``"module:name"``, or
+#: ``"module"`` for every name of it) still allowed in that file. Empty since issue 16; it only shrinks, so keep it
+#: empty: make the name public instead.
+ALLOWED: dict[str, set[str]] = {}
 
 
 def _module_name(path: Path) -> str:
