@@ -75,7 +75,7 @@ _LAZY = {
     # kernels as modules, sampling, builds
     "kernel_module": "hwnas.builder._kernel_modules",
     "kernel_spec": "hwnas.builder._kernel_modules",
-    "BuildConfig": "hwnas.builder._build",
+    "BuildConfig": "hwnas.builder._config",
     "AdaptConfig": "hwnas.builder._adapt",
     "AdaptError": "hwnas.builder._adapt",
     "adapt": "hwnas.builder._adapt",

@@ -259,7 +259,8 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
         Too few measurements within the budget to fit anything (rerun to resume, or give more time).
     """
     from hwnas.builder._backends import get_backend
-    from hwnas.builder._build import _Passthrough, default_name, utc_now
+    from hwnas.builder._build import _Passthrough
+    from hwnas.builder._config import default_name, utc_now
     from hwnas.builder._fit import error_metrics
     from hwnas.builder._kernel_modules import spec_nodes
     from hwnas.builder._sampler import spec_key
@@ -403,7 +404,7 @@ SIMPLEST_FORM = "global+source"
 def _free_name(name: str) -> str:
     """``name``, or ``name`` with today's date when an embedded predictor already has it (a user's own earlier
     adaptation of the same name is replaced, not renamed)."""
-    from hwnas.builder._build import utc_now
+    from hwnas.builder._config import utc_now
     from hwnas.predictor import lookup
 
     entry = lookup(name)

@@ -18,7 +18,8 @@ def _out_dir(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from hwnas.builder._build import BuildConfig, build, fit_only, merge_shards
+    from hwnas.builder._build import build, fit_only, merge_shards
+    from hwnas.builder._config import BuildConfig
 
     cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
                       time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,

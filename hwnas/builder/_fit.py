@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.builder._config import BuildConfig, default_name, utc_now
 from hwnas.graph import OpGraph, fold_batchnorm
 from hwnas.kernels import FusionRules, kernel_features
 from hwnas.predictor import UNIT_FLOOR
@@ -102,7 +103,7 @@ def measuring_fingerprint(raw: Path) -> dict[str, Any] | None:
     return None
 
 
-def _records(cfg: Any) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
+def _records(cfg: BuildConfig) -> tuple[dict[str, list[tuple[dict, float]]], dict[str, float]]:
     rows, overhead = kernel_rows(Path(cfg.out) / "raw")
     by_type: dict[str, list[tuple[dict, float]]] = {}
     for r in rows:
@@ -200,10 +201,9 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     return (TreeEnsemble.from_sklearn(final), names, target), report
 
 
-def fit_predictor(cfg: Any, rules: FusionRules, progress: bool = True) -> Path:
+def fit_predictor(cfg: BuildConfig, rules: FusionRules, progress: bool = True) -> Path:
     """Fit every measured kernel type and write ``<out>/predictor``; returns its path."""
     import hwnas
-    from hwnas.builder._build import default_name, utc_now
     from hwnas.device import describe, fingerprint
     from hwnas.predictor import write_predictor
 

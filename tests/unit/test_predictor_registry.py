@@ -132,7 +132,7 @@ def test_a_user_predictor_of_this_machine_wins_auto(monkeypatch, tmp_path):
 
 
 def test_names_tell_cpus_apart():
-    from hwnas.builder._build import default_name
+    from hwnas.builder._config import default_name
 
     avx512 = _built()[0].device_fingerprint
     avx2 = _avx2_fingerprint(avx512)
