@@ -58,8 +58,8 @@ _LAZY = {
     "DEFAULT_PROTOCOL": "hwnas.builder._protocol",
     "QUICK_PROTOCOL": "hwnas.builder._protocol",
     "get_statistic": "hwnas.builder._protocol",
-    "reference_workload": "hwnas.builder._protocol",
-    "reference_ms": "hwnas.builder._protocol",
+    "reference_workload": "hwnas.builder._reference",
+    "reference_ms": "hwnas.builder._reference",
     # device
     "fingerprint": "hwnas.device",
     "same_device": "hwnas.device",

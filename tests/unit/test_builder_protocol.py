@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hwnas.builder._protocol import (DEFAULT_PROTOCOL, QUICK_PROTOCOL, MeasureProtocol, get_statistic,
-                                     reference_workload, stat_trimmed_mean, summarize)
+                                     stat_trimmed_mean, summarize)
+from hwnas.builder._reference import reference_workload
 
 
 @pytest.mark.parametrize("name, values, expected", [
