@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.errors import CaptureError
+from hwnas.graph import OpGraph
 from hwnas.kernels import FusionRules, Kernel, detect_kernels
 
 #: Suffixes ONNX Runtime's graph transformers append to the names of the nodes they rewrite.
@@ -100,6 +101,11 @@ def _tensor_owners(proto: Any, graph: Any) -> tuple[dict[str, str], dict[str, st
 
 
 def _resolve(name: str, tensor: dict[str, str], node: dict[str, str]) -> str | None:
+    # a fusion that builds a node of another type names it "<node>/<Name>Fusion/" (QuickGelu for x * sigmoid(x),
+    # Split for the two Slices of a channel split)
+    parts = name.rstrip("/").rsplit("/", 1)
+    if len(parts) == 2 and parts[1].endswith("Fusion"):
+        name = parts[0]
     while True:
         for table in (node, tensor):
             if name in table and table[name] != "input":
@@ -130,9 +136,155 @@ def _events(trace: list[dict[str, Any]], runs: int) -> tuple[dict[str, list[floa
     return per, ops, [s["dur"] / 1e3 for s in sessions]
 
 
+@dataclasses.dataclass
+class NodeTrace:
+    """One network as ONNX Runtime ran it: every optimised node with its median time and the hwnas op it is
+    anchored to. The raw material of in-network kernel labels: fusion, layout conversions and kernel times can all
+    be derived from it again later, under any fusion rules (:func:`ort_kernel_groups`, :func:`profile_from_trace`).
+
+    Attributes
+    ----------
+    graph : OpGraph
+        The network's op graph (as the ``onnx`` front-end captures the exported model).
+    nodes : list of tuple
+        ``(name, op_type, ms, anchor)`` per optimised node: median time over the profiled runs in ms, and the hwnas
+        op whose output the node is named after (None when the name leads to none).
+    reorders : list of tuple
+        ``(op_type, ms, source, targets)`` per layout conversion: the hwnas op whose output it converts (the
+        producer's anchor; ``"input"`` for the graph input) and the anchors of the nodes reading the converted
+        tensor.
+    run_ms : float
+        Median duration of a whole profiled run, ms.
+    """
+
+    graph: OpGraph
+    nodes: list[tuple[str, str, float, str | None]]
+    reorders: list[tuple[str, float, str, list[str]]]
+    run_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (the graph as its JSON text); :meth:`from_dict` reads it back."""
+        return {"graph": self.graph.to_json(), "nodes": [list(n) for n in self.nodes],
+                "reorders": [[k, ms, src, list(t)] for k, ms, src, t in self.reorders], "run_ms": self.run_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NodeTrace":
+        return cls(OpGraph.from_json(d["graph"]), [(str(a), str(b), float(c), e) for a, b, c, e in d["nodes"]],
+                   [(str(a), float(b), str(c), [str(x) for x in t]) for a, b, c, t in d["reorders"]],
+                   float(d["run_ms"]))
+
+
+def _reorder_links(optimized: Any, anchor_of: dict[str, str | None]) -> dict[str, tuple[str, list[str]]]:
+    """Per layout-conversion node of the optimised graph: the anchor of the node producing its input and the
+    anchors of the nodes reading its output (conversions chained through conversions are followed)."""
+    producer = {o: n for n in optimized.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in optimized.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def source(tensor: str) -> str:
+        n = producer.get(tensor)
+        if n is None:
+            return "input"
+        if n.op_type in REORDER_OPS:
+            return source(n.input[0])
+        return anchor_of.get(n.name) or "?"
+
+    def targets(tensor: str) -> list[str]:
+        out: list[str] = []
+        for n in readers.get(tensor, []):
+            out.extend(targets(n.output[0]) if n.op_type in REORDER_OPS else [anchor_of.get(n.name) or "?"])
+        return out
+
+    return {n.name: (source(n.input[0]), targets(n.output[0]))
+            for n in optimized.node if n.op_type in REORDER_OPS}
+
+
+def trace_onnxruntime(model: Any, input_shape: Sequence[int], *, runs: int = 20, warmup: int = 5,
+                      threads: int = 1) -> NodeTrace:
+    """Run ``model`` under ONNX Runtime's profiler and record every optimised node's time.
+
+    Parameters
+    ----------
+    model : nn.Module, onnx.ModelProto, bytes or path
+        The network (a module is exported as the ``onnxruntime-cpu`` backend exports it).
+    input_shape : sequence of int
+        Input shape with batch.
+    runs, warmup : int
+        Profiled runs kept, after ``warmup`` runs that are not.
+    threads : int
+        Intra-op threads (1, as the builder measures).
+
+    Returns
+    -------
+    NodeTrace
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from hwnas.builder._backends import OnnxRuntimeCPU, _example_input, check_input_shape, ort_session_options
+    from hwnas.graph import capture
+
+    shape = check_input_shape(input_shape)
+    x = _example_input(shape)
+    data = OnnxRuntimeCPU()._onnx_bytes(model, x)
+    proto = onnx.load_from_string(data)
+    graph = capture(proto, "onnx", shape)
+    tensor, node = _tensor_owners(proto, graph)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort_session_options(threads)   # as the onnxruntime-cpu backend measures
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.numpy()}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            trace = json.load(f)
+        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+    per, ops, run_ms = _events(trace, runs)
+    anchor_of = {n.name: (None if n.op_type in REORDER_OPS else _resolve(n.name, tensor, node))
+                 for n in optimized.node}
+    links = _reorder_links(optimized, anchor_of)
+    nodes, reorders = [], []
+    for name, durations in per.items():
+        ms = float(np.median(durations))
+        if ops[name] in REORDER_OPS:
+            src, dst = links.get(name, ("?", []))
+            reorders.append((ops[name], ms, src, dst))
+        else:
+            nodes.append((name, ops[name], ms, anchor_of.get(name, _resolve(name, tensor, node))))
+    return NodeTrace(graph, nodes, reorders, float(np.median(run_ms)))
+
+
+def profile_from_trace(trace: NodeTrace, rules: FusionRules) -> NetworkProfile:
+    """Give each kernel of ``trace``'s network under ``rules`` the time of the optimised nodes anchored to its
+    ops (see :class:`NetworkProfile`)."""
+    kernels = detect_kernels(trace.graph, rules)
+    kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
+    kernel_ms = np.zeros(len(kernels))
+    timed: set[int] = set()
+    lost_ms, lost = 0.0, []
+    for name, op_type, ms, anchor in trace.nodes:
+        if anchor is None or anchor not in kernel_of:
+            lost_ms += ms
+            lost.append(f"{name} ({op_type})")
+            continue
+        kernel_ms[kernel_of[anchor]] += ms
+        timed.add(kernel_of[anchor])
+    reorder_ms = float(sum(ms for _, ms, _, _ in trace.reorders))
+    absorbed = [i for i in range(len(kernels)) if i not in timed]
+    nodes_ms = float(kernel_ms.sum() + reorder_ms + lost_ms)
+    return NetworkProfile(kernels, kernel_ms, absorbed, reorder_ms, len(trace.reorders), lost_ms, lost, nodes_ms,
+                          trace.run_ms)
+
+
 def profile_onnxruntime(model: Any, input_shape: Sequence[int], rules: FusionRules, *, runs: int = 20,
                         warmup: int = 5, threads: int = 1) -> NetworkProfile:
-    """Run ``model`` under ONNX Runtime's profiler and give each of its kernels its in-network time.
+    """Run ``model`` under ONNX Runtime's profiler and give each of its kernels its in-network time
+    (:func:`trace_onnxruntime`, then :func:`profile_from_trace`).
 
     Parameters
     ----------
@@ -151,48 +303,77 @@ def profile_onnxruntime(model: Any, input_shape: Sequence[int], rules: FusionRul
     -------
     NetworkProfile
     """
-    import onnx
-    import onnxruntime as ort
+    return profile_from_trace(trace_onnxruntime(model, input_shape, runs=runs, warmup=warmup, threads=threads),
+                              rules)
 
-    from hwnas.builder._backends import OnnxRuntimeCPU, _example_input, check_input_shape, ort_session_options
-    from hwnas.graph import capture
 
-    shape = check_input_shape(input_shape)
-    x = _example_input(shape)
-    data = OnnxRuntimeCPU()._onnx_bytes(model, x)
-    proto = onnx.load_from_string(data)
-    graph = capture(proto, "onnx", shape)
-    kernels = detect_kernels(graph, rules)
-    tensor, node = _tensor_owners(proto, graph)
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort_session_options(threads)   # as the onnxruntime-cpu backend measures
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "profile")
-        sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x.numpy()}
-        for _ in range(warmup + runs):
-            sess.run(None, feed)
-        with open(sess.end_profiling()) as f:
-            trace = json.load(f)
-    per, ops, run_ms = _events(trace, runs)
-    kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
-    kernel_ms = np.zeros(len(kernels))
-    timed: set[int] = set()
-    reorder_ms, reorders, lost_ms, lost = 0.0, 0, 0.0, []
-    for name, durations in per.items():
-        ms = float(np.median(durations))
-        if ops[name] in REORDER_OPS:
-            reorder_ms += ms
-            reorders += 1
-            continue
-        owner = _resolve(name, tensor, node)
-        if owner is None or owner not in kernel_of:
-            lost_ms += ms
-            lost.append(f"{name} ({ops[name]})")
-            continue
-        kernel_ms[kernel_of[owner]] += ms
-        timed.add(kernel_of[owner])
-    absorbed = [i for i in range(len(kernels)) if i not in timed]
-    nodes_ms = float(kernel_ms.sum() + reorder_ms + lost_ms)
-    return NetworkProfile(kernels, kernel_ms, absorbed, reorder_ms, reorders, lost_ms, lost, nodes_ms,
-                          float(np.median(run_ms)))
+#: ONNX Runtime node types (lower case, without ``nchwc``/``fused`` prefixes) → the hwnas ops such a node can start
+#: with: a fused node is named after the tensor it writes (the last op it computes), its main op is the nearest one
+#: of these behind it. Types not listed start with the op they are named after.
+_MAIN_OPS = {
+    "conv": ("conv", "dwconv", "bn"), "maxpool": ("maxpool",), "averagepool": ("avgpool", "adaptive_avgpool"),
+    "globalaveragepool": ("global_avgpool", "adaptive_avgpool"), "gemm": ("fc", "matmul"),
+    "matmul": ("fc", "matmul"), "batchnormalization": ("bn",),
+}
+
+
+def _main_types(op_type: str) -> tuple[str, ...] | None:
+    t = op_type.lower()
+    for prefix in ("nchwc", "fused"):
+        t = t[len(prefix):] if t.startswith(prefix) else t
+    return _MAIN_OPS.get(t)
+
+
+def ort_kernel_groups(trace: NodeTrace) -> tuple[list[Kernel], np.ndarray]:
+    """The kernels as ONNX Runtime ran them, each with its in-network time (ms).
+
+    An optimised node is named after the tensor it writes, so its anchor is the *last* op it computes; its first
+    op is found by walking back from the anchor over ops that no other node is named after and that feed only
+    this chain, to the nearest op the node's type computes (a ``Conv`` node named after a ``relu`` starts at the
+    convolution behind it). Ops no node covers were fused by ONNX Runtime into a neighbour that is not named
+    after them (``conv → add → relu`` as one ``NchwcConv`` named after the convolution): each joins the kernel of
+    its topologically latest producer. A kernel's time is the sum of its nodes' times; ops covered by no node and
+    with no producer form kernels of their own with time 0.
+    """
+    from hwnas.kernels import kernel_features
+
+    graph = trace.graph
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    anchors: dict[str, list[tuple[str, float]]] = {}
+    for _, op_type, ms, anchor in trace.nodes:
+        if anchor is not None and anchor in order:
+            anchors.setdefault(anchor, []).append((op_type, ms))
+    head_of: dict[str, str] = {}
+    ms_of: dict[str, float] = {}
+    for anchor, rows in sorted(anchors.items(), key=lambda kv: order[kv[0]]):
+        ms_of[anchor] = sum(ms for _, ms in rows)
+        chain = [anchor]
+        wanted = _main_types(rows[0][0])
+        if wanted is not None and graph[anchor].op not in wanted:
+            cur = anchor
+            while True:
+                ins = [p for p in graph[cur].inputs if p in order]
+                if not ins:
+                    break
+                p = ins[0]
+                if p in anchors or p in head_of or len(graph.consumers(p)) != 1:
+                    break
+                chain.append(p)
+                if graph[p].op in wanted:
+                    break
+                cur = p
+            if graph[chain[-1]].op not in wanted:
+                chain = [anchor]
+        for op in chain:
+            head_of[op] = anchor
+    members: dict[str, list[Any]] = {}
+    for n in graph.nodes:
+        if n.name not in head_of:
+            producers = [p for p in n.inputs if p in head_of]
+            head_of[n.name] = head_of[max(producers, key=order.__getitem__)] if producers else n.name
+        members.setdefault(head_of[n.name], []).append(n)
+    kernels, ms = [], []
+    for head, nodes in members.items():
+        kernels.append(Kernel("-".join(n.op for n in nodes), nodes, kernel_features(nodes)))
+        ms.append(ms_of.get(head, 0.0))
+    return kernels, np.asarray(ms)

@@ -1,0 +1,246 @@
+"""Kernel models fitted on in-network labels against the shipped predictor, on held-out families (issue 14).
+
+Reads the traces of ``trace_models`` (every optimised node of each network as ONNX Runtime ran it) and the
+end-to-end truths of ``measure_models`` (median of the passes), and compares, per family, leave one family out:
+
+- **shipped**: the installed predictor for this machine (``--predictor``, default ``auto``), as it predicts;
+- **in-network, ORT's own kernels**: regressors fitted on the other families' in-network labels, pricing the
+  kernels ONNX Runtime really ran (its fusion and its layout conversions, read from the trace): the regressors'
+  error alone;
+- **in-network, derived rules**: the same regressors, kernels detected with fusion rules derived from the other
+  families' traces and the layout conversions predicted by the NCHWc rules (``hwnas/builder/_layout.py``): what a
+  predictor built this way would say of a network it has never seen;
+- the same without predicted conversions (what item 1 adds);
+
+and, for the seen-family figure, a 5-fold cross-validation over networks of the derived-rules model. It also
+reports how often the layout rules predict the compiled graph's conversion count exactly.
+
+    python -m experiments.benchmarks.in_network --out experiments/builds/context-onnxruntime-cpu-<machine>/raw \\
+        --json in_network.json --plot in_network.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHODS = ("shipped", "oracle", "derived", "derived_no_layout")
+LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "derived": "in-net, derived rules",
+          "derived_no_layout": "  ... no conversions", "cv": "in-net derived, 5-fold CV"}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    import gzip
+
+    for p in (path, Path(str(path) + ".gz")):
+        if p.is_file():
+            opener = gzip.open if p.suffix == ".gz" else open
+            with opener(p, "rt") as f:
+                return [json.loads(line) for line in f if line.strip()]
+    raise FileNotFoundError(f"no store {path} (or .gz)")
+
+
+def _truth(out: Path) -> tuple[dict[str, list[float]], int]:
+    from hwnas.builder import zoo_measurements
+
+    store = out / "zoo.jsonl" if (out / "zoo.jsonl").is_file() else out / "zoo.jsonl.gz"
+    truth: dict[str, list[float]] = {}
+    p = 0
+    while True:
+        got = zoo_measurements(store, p)
+        if not got:
+            return truth, p
+        for k, r in got.items():
+            truth.setdefault(k, []).append(float(r["ms"]))
+        p += 1
+
+
+def _noise(passes: list[float]) -> float | None:
+    if len(passes) < 2:
+        return None
+    return float(np.mean([abs(v / np.median(passes[:i] + passes[i + 1:]) - 1) <= 0.1 for i, v in enumerate(passes)]))
+
+
+def _tau(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import kendalltau, spearmanr   # noqa: F401
+
+    if len(x) < 3:
+        return None
+    t = kendalltau(x, y).statistic
+    return float(t) if np.isfinite(t) else None
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(set(x)) < 3:
+        return None
+    r = spearmanr(x, y).statistic
+    return float(r) if np.isfinite(r) else None
+
+
+def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int = 5) -> dict[str, Any]:
+    """Fill each row's predictions (``rows``: model, family, side, trace, measured_ms, noise)."""
+    from tqdm.auto import tqdm
+
+    from hwnas.builder import InNetworkModel, derive_fusion_rules
+
+    for r in rows:
+        r["shipped"] = float(predictor.predict(r["trace"].graph, model_type="graph"))
+    families = sorted({r["family"] for r in rows})
+    rules_by_family = {}
+    for f in tqdm(families, desc="leave one family out"):
+        train = [r for r in rows if r["family"] != f]
+        rules, _ = derive_fusion_rules(r["trace"] for r in train)
+        rules_by_family[f] = [ "-".join(p) for p in rules.patterns]
+        model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
+                                   rules=rules)
+        bare = InNetworkModel(rules, 0, model.regressors, model.specs)
+        bare.overhead = _refit_overhead(bare, train)
+        for r in rows:
+            if r["family"] == f:
+                r["oracle"] = model.predict_groups(r["trace"])
+                r["derived"] = model.predict(r["trace"].graph)
+                r["derived_no_layout"] = bare.predict(r["trace"].graph)
+        for r in rows:
+            if r["family"] == f:
+                r["fallbacks"] = sum(model.fallbacks.values())
+    idx = list(range(len(rows)))
+    random.Random(0).shuffle(idx)
+    for k in tqdm(range(folds), desc="5-fold CV"):
+        test = set(idx[k::folds])
+        train = [rows[i] for i in idx if i not in test]
+        model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block)
+        for i in test:
+            rows[i]["cv"] = model.predict(rows[i]["trace"].graph)
+    return {"rules_by_family": rules_by_family}
+
+
+def _refit_overhead(model: Any, train: list[dict[str, Any]]) -> tuple[float, float]:
+    x = [len(model.kernels(r["trace"].graph)) for r in train]
+    y = [r["measured_ms"] - float(model.kernel_latencies(model.kernels(r["trace"].graph)).sum()) for r in train]
+    b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+    return float(a), float(max(b, 0.0))
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def one(sel: list[dict[str, Any]]) -> dict[str, Any]:
+        meas = np.array([r["measured_ms"] for r in sel])
+        noise = [r["noise"] for r in sel if r["noise"] is not None]
+        out: dict[str, Any] = {"n": len(sel), "noise_within10": 100 * float(np.mean(noise)) if noise else None,
+                               "layout_count_exact": 100 * float(np.mean([r["layout_exact"] for r in sel]))}
+        for m in (*METHODS, "cv"):
+            v = np.array([r[m] for r in sel])
+            ratio = v / meas
+            out[m] = {"ratio_median": float(np.median(ratio)),
+                      "within10": 100 * float(np.mean(np.abs(ratio - 1) <= 0.1)),
+                      "kendall_tau": _tau(list(v), list(meas)),
+                      "resolution_spearman": _spearman([r["side"] for r in sel], list(ratio))}
+        return out
+
+    fams = sorted({r["family"] for r in rows})
+    return {"all": one(rows), "families": {f: one([r for r in rows if r["family"] == f]) for f in fams}}
+
+
+def _table(summary: dict[str, Any]) -> str:
+    cols = (*METHODS, "cv")
+    head = f"{'family':14s} {'n':>3s} {'noise':>5s} {'layout=':>7s} | " + " | ".join(f"{LABELS[c]:>22s}" for c in cols)
+    sub = f"{'':14s} {'':3s} {'':5s} {'':7s} | " + " | ".join(f"{'±10%   ratio    tau':>22s}" for _ in cols)
+    lines = [head, sub, "-" * len(head)]
+    for name, s in [*summary["families"].items(), ("ALL", summary["all"])]:
+        nz = f"{s['noise_within10']:4.0f}%" if s["noise_within10"] is not None else "    -"
+        cells = []
+        for c in cols:
+            t = s[c]["kendall_tau"]
+            cells.append(f"{s[c]['within10']:4.0f}%  {s[c]['ratio_median']:6.3f}  {t:+.2f}" if t is not None
+                         else f"{s[c]['within10']:4.0f}%  {s[c]['ratio_median']:6.3f}     -")
+        lines.append(f"{name:14s} {s['n']:3d} {nz} {s['layout_count_exact']:6.0f}% | " +
+                     " | ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted({r["family"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for ax, m in zip(axes, ("shipped", "oracle", "derived")):
+        for j, f in enumerate(fams):
+            sel = [r for r in rows if r["family"] == f]
+            ax.scatter([r["side"] for r in sel], [r[m] / r["measured_ms"] for r in sel], s=12, color=cmap(j % 20),
+                       label=f)
+        ax.axhline(1.0, color="k", lw=0.8)
+        for k in (0.9, 1.1):
+            ax.axhline(k, color="k", ls=":", lw=0.6)
+        ax.set(xlabel="input resolution (px)", title=LABELS[m] + (" (LOFO)" if m != "shipped" else ""),
+               yscale="log")
+    axes[0].set_ylabel("predicted / measured")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder with traces.jsonl(.gz) and zoo.jsonl(.gz)")
+    ap.add_argument("--predictor", default="auto", help="shipped predictor to compare with (default auto)")
+    ap.add_argument("--isa", default=None, help="vector ISA of the traced CPU (default: this machine's)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from hwnas.builder import NodeTrace, block_size, layout_conversions, zoo
+    from hwnas.device import describe, fingerprint
+    from hwnas.predictor import load_latency_predictor
+
+    out = Path(args.out)
+    fp = fingerprint()
+    isa = args.isa or str(fp.get("torch_cpu_capability") or "")
+    block = block_size(isa)
+    predictor = load_latency_predictor(args.predictor if args.predictor != "auto" else "auto:onnxruntime-cpu")
+    truth, passes = _truth(out)
+    sides = {m.key: int(m.input_shape[-1]) for m in zoo()}
+    traces: dict[str, dict[str, Any]] = {}
+    for r in _read_jsonl(out / "traces.jsonl"):
+        traces.setdefault(r["model"], r)          # the first pass's trace is the structure and the labels
+    rows = []
+    for key, r in traces.items():
+        if key not in truth:
+            continue
+        t = NodeTrace.from_dict(r)
+        conv = layout_conversions(t.graph, block)
+        exact = (sum(c.kind == "to_blocked" for c in conv) == sum(x[0] == "ReorderInput" for x in t.reorders) and
+                 sum(c.kind == "to_plain" for c in conv) == sum(x[0] == "ReorderOutput" for x in t.reorders))
+        rows.append({"model": key, "family": r["family"], "side": sides.get(key, 0), "trace": t,
+                     "measured_ms": float(np.median(truth[key])), "noise": _noise(truth[key]),
+                     "layout_exact": exact, "device": r.get("device")})
+    extra = evaluate(rows, block, predictor)
+    summary = summarise(rows)
+    dev = describe(fp)
+    traced_on = sorted({r["device"] for r in rows if r["device"]})
+    print(f"\nmachine now: {dev}\ntraced on: {'; '.join(traced_on)}\nblock {block} ({isa}); predictor "
+          f"{predictor.name}; {len(rows)} networks, {passes} end-to-end passes (truth: their median)\n")
+    print(_table(summary))
+    if args.json:
+        keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "fallbacks")
+        Path(args.json).write_text(json.dumps({
+            "machine": dev, "traced_on": traced_on, "block": block, "predictor": predictor.name, "passes": passes,
+            "summary": summary, **extra, "rows": [{k: r[k] for k in keep if k in r} for r in rows]}, indent=1))
+        print(f"json: {args.json}")
+    if args.plot:
+        _plot(rows, args.plot, f"in-network kernel models vs {predictor.name}, {dev}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Record every zoo network as ONNX Runtime runs it: per optimised node its median time and the hwnas op it is
+named after, plus the layout conversions (:func:`hwnas.builder.trace_onnxruntime`), into a resumable JSONL store.
+
+Each invocation is one *pass* (one process); the traces are the raw material of in-network kernel labels and of
+the layout-conversion rules (``experiments/benchmarks/kernel_context.py`` reads them).
+
+    python -m experiments.benchmarks.trace_models --store runs/context/traces.jsonl --pass-id 0 --every 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True, help="JSONL store (created, resumed)")
+    ap.add_argument("--pass-id", type=int, default=0, help="which independent pass this process is")
+    ap.add_argument("--every", type=int, default=4, help="every N-th network of each family")
+    ap.add_argument("--offset", type=int, default=0, help="start at the offset-th network of each family")
+    ap.add_argument("--runs", type=int, default=20, help="profiled runs per network (after 5 warm-up runs)")
+    args = ap.parse_args(argv)
+    for category in (DeprecationWarning, FutureWarning, UserWarning):   # torch's export notices
+        warnings.filterwarnings("ignore", category=category)
+    import torch
+    from tqdm.auto import tqdm
+
+    from hwnas.builder import trace_onnxruntime, zoo
+    from hwnas.device import describe, fingerprint
+
+    torch.set_num_threads(1)
+    store = Path(args.store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if store.is_file():
+        for line in store.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done.add((r["model"], r["pass"]))
+    seen: dict[str, int] = {}
+    todo = []
+    for m in zoo():
+        seen[m.family] = seen.get(m.family, -1) + 1
+        if seen[m.family] % args.every == args.offset % args.every and (m.key, args.pass_id) not in done:
+            todo.append(m)
+    device = describe(fingerprint())
+    failed = 0
+    with store.open("a") as f:
+        for m in tqdm(todo, desc=f"tracing pass {args.pass_id}"):
+            try:
+                trace = trace_onnxruntime(m.build(), m.input_shape, runs=args.runs, warmup=5)
+            except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
+                failed += 1
+                print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                continue
+            f.write(json.dumps({"model": m.key, "family": m.family, "pass": args.pass_id, "device": device,
+                                "input_shape": list(m.input_shape), **trace.to_dict()}) + "\n")
+            f.flush()
+    print(f"traced {len(todo) - failed} networks ({failed} failed) into {store}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Kernel models fitted on in-network labels: kernels as the backend fused them, timed inside their networks.
+
+From ONNX Runtime traces of whole networks (:class:`~hwnas.builder._profile.NodeTrace`):
+
+- :func:`trace_labels` — each kernel as ONNX Runtime ran it (:func:`ort_kernel_groups`) with its in-network
+  time, and each layout conversion as a kernel of its own (``to_blocked``/``to_plain``);
+- :func:`derive_fusion_rules` — the op chains ONNX Runtime ran as one node in most of the places they occur:
+  fusion rules read from compiled, profiled networks instead of a fusion test on isolated chains;
+- :class:`InNetworkModel` — one regressor per kernel type fitted on those labels, plus a per-network overhead
+  line (``a + b * kernels``, ms); it prices a graph under the derived rules, with the conversions
+  :func:`~hwnas.builder._layout.layout_conversions` predicts.
+
+A kernel type the labels never showed is priced by its longest fitted prefix (``conv-add-relu`` by ``conv-add``,
+then ``conv``), else by a regressor pooled over all non-MAC kernels; :attr:`InNetworkModel.fallbacks` counts
+these, so an evaluation can say how often it happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from hwnas.graph import OpGraph
+from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
+
+from hwnas.builder._layout import ORT_NCHWC, Conversion, layout_conversions
+from hwnas.builder._profile import NodeTrace, ort_kernel_groups
+
+_KINDS = {"ReorderInput": "to_blocked", "ReorderOutput": "to_plain"}
+_MAC_MAIN = ("conv", "dwconv", "fc", "matmul", "mha")
+POOLED = "*"
+
+
+def _tensor_shape(graph: OpGraph, source: str) -> tuple[int, ...]:
+    if source in graph:
+        return tuple(graph[source].output_shape)
+    for n in graph.nodes:
+        for i, s in zip(n.inputs, n.input_shapes):
+            if i == source:
+                return tuple(s)
+    return ()
+
+
+def conversion_kernel(kind: str, shape: Sequence[int]) -> Kernel:
+    """A layout conversion of a tensor of ``shape`` as a kernel (type ``kind``; features of the tensor)."""
+    shape = tuple(int(v) for v in shape)
+    n = math.prod(shape) / 1e6 if shape else 0.0
+    h, w = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
+    c = shape[1] if len(shape) >= 2 else 1
+    f = {k: 0.0 for k in FEATURE_NAMES}
+    f.update(batch=float(shape[0]) if shape else 1.0, hin=h, win=w, hout=h, wout=w, cin=c, cout=c, n_inputs=1.0,
+             elementwise=n, in_elems=n, out_elems=n)
+    return Kernel(kind, [], {k: float(v) for k, v in f.items()})
+
+
+def trace_labels(trace: NodeTrace) -> list[tuple[Kernel, float]]:
+    """Every kernel of a traced network as ONNX Runtime ran it, with its in-network time (ms); kernels with no
+    timed node (0 ms) are left out."""
+    kernels, ms = ort_kernel_groups(trace)
+    rows = [(k, float(t)) for k, t in zip(kernels, ms) if t > 0]
+    for op_type, t, src, _ in trace.reorders:
+        if t > 0 and op_type in _KINDS:
+            rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    return rows
+
+
+def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5) -> tuple[FusionRules, dict]:
+    """Fusion rules read from traces: an op chain becomes a rule when ONNX Runtime ran it as one kernel in at
+    least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Returns the rules
+    and per candidate pattern ``{"fused": n, "occurs": n}``."""
+    traces = list(traces)
+    fused: dict[tuple[str, ...], int] = {}
+    for t in traces:
+        for k in ort_kernel_groups(t)[0]:
+            if len(k.nodes) >= 2:
+                fused[tuple(k.ops)] = fused.get(tuple(k.ops), 0) + 1
+    stats: dict[str, dict[str, int]] = {}
+    kept = []
+    for pattern, n in sorted(fused.items()):
+        single = FusionRules([pattern])
+        if tuple(single.patterns[0] if single.patterns else ()) != pattern:
+            continue   # not a canonical chain
+        occurs = sum(1 for t in traces for k in detect_kernels(t.graph, single) if tuple(k.ops) == pattern)
+        stats["-".join(pattern)] = {"fused": n, "occurs": occurs}
+        if occurs and n / occurs >= min_share:
+            kept.append(pattern)
+    return FusionRules(kept), stats
+
+
+@dataclasses.dataclass
+class InNetworkModel:
+    """Regressors fitted on in-network kernel labels, and a per-network overhead line.
+
+    Attributes
+    ----------
+    rules : FusionRules
+        The rules kernels are detected with (:func:`derive_fusion_rules`).
+    block : int
+        Channel block of the layout conversions (0: none predicted).
+    regressors, specs : dict
+        Per kernel type, the regressor and its ``{"features", "target", "unit_feature"}``.
+    overhead : tuple of float
+        ``(a, b)``: a network costs ``a + b * kernels`` ms on top of its kernels.
+    """
+
+    rules: FusionRules
+    block: int
+    regressors: dict[str, Any]
+    specs: dict[str, dict[str, Any]]
+    overhead: tuple[float, float] = (0.0, 0.0)
+    fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
+            rules: FusionRules | None = None, seed: int = 0, max_rows: int = 400) -> "InNetworkModel":
+        """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
+        the trace's own run time is used). A kernel type with more than ``max_rows`` labels is fitted on a seeded
+        random sample of that many (the fit's time grows with them)."""
+        from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
+
+        rules = rules if rules is not None else derive_fusion_rules(traces)[0]
+        by_type: dict[str, list[tuple[dict, float]]] = {}
+        for t in traces:
+            for k, ms in trace_labels(t):
+                by_type.setdefault(k.type, []).append((k.features, ms))
+                if k.type.split("-")[0] not in _MAC_MAIN:
+                    by_type.setdefault(POOLED, []).append((k.features, ms))
+        rng = random.Random(seed)
+        by_type = {k: (v if len(v) <= max_rows else rng.sample(v, max_rows))
+                   for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
+        regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
+        model = cls(rules, block, regressors, specs)
+        truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
+        x, y = [], []
+        for t, meas in zip(traces, truth):
+            kernels = model.kernels(t.graph)
+            x.append(len(kernels))
+            y.append(meas - float(model.kernel_latencies(kernels).sum()))
+        if len(x) >= 2 and len(set(x)) >= 2:
+            b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+            model.overhead = (float(a), float(max(b, 0.0)))
+        elif y:
+            model.overhead = (float(np.median(y)), 0.0)
+        model.fallbacks = {}
+        return model
+
+    def kernels(self, graph: OpGraph) -> list[Kernel]:
+        """The graph's kernels under the rules, plus the predicted layout conversions."""
+        out = detect_kernels(graph, self.rules)
+        if self.block:
+            out += [conversion_kernel(c.kind, c.shape) for c in layout_conversions(graph, self.block, ORT_NCHWC)]
+        return out
+
+    def _spec_for(self, ktype: str) -> str:
+        if ktype in self.specs:
+            return ktype
+        ops = ktype.split("-")
+        for n in range(len(ops) - 1, 0, -1):
+            if "-".join(ops[:n]) in self.specs:
+                self.fallbacks[ktype] = self.fallbacks.get(ktype, 0) + 1
+                return "-".join(ops[:n])
+        self.fallbacks[ktype] = self.fallbacks.get(ktype, 0) + 1
+        return POOLED
+
+    def kernel_latencies(self, kernels: Sequence[Kernel]) -> np.ndarray:
+        """Latency of each kernel, ms."""
+        from hwnas.predictor import apply_target
+
+        out = np.zeros(len(kernels))
+        by: dict[str, list[int]] = {}
+        for i, k in enumerate(kernels):
+            if k.ops and all(op in ("dropout", "identity") for op in k.ops):
+                continue
+            by.setdefault(self._spec_for(k.type), []).append(i)
+        for ktype, idx in by.items():
+            spec = self.specs[ktype]
+            names = spec["features"]
+            x = np.array([[kernels[i].features[n] for n in names] for i in idx], dtype=np.float64)
+            raw = self.regressors[ktype].predict(x)
+            unit = x[:, names.index(spec["unit_feature"])] if spec["target"] == "log_ms_per_unit" else None
+            out[idx] = apply_target(spec["target"], raw, unit)
+        return out
+
+    def predict(self, graph: OpGraph) -> float:
+        """Latency of the network ``graph``, ms."""
+        kernels = self.kernels(graph)
+        a, b = self.overhead
+        return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
+
+    def predict_groups(self, trace: NodeTrace) -> float:
+        """Latency of a traced network priced on the kernels ONNX Runtime really ran and its real conversions
+        (the fusion and layout known exactly: what is left is the regressors' error), ms."""
+        kernels = [k for k, _ in trace_labels(trace)]
+        a, b = self.overhead
+        return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
+
+
+__all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "trace_labels"]

@@ -1,0 +1,71 @@
+"""In-network kernel labels from ONNX Runtime traces (issue 14, item 2): the kernels as ONNX Runtime fused them
+carry every node's time, fusion rules read from traces name the fused chains, and a model fitted on the labels
+prices a network. Nothing here asserts a timing."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+pytest.importorskip("onnxruntime")
+
+from hwnas.builder._context import InNetworkModel, derive_fusion_rules, trace_labels   # noqa: E402
+from hwnas.builder._profile import NodeTrace, ort_kernel_groups, trace_onnxruntime     # noqa: E402
+
+
+class _Res(nn.Module):
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 4))
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head(torch.relu(self.conv(y) + y))
+
+
+@pytest.fixture(scope="module")
+def traces():
+    torch.manual_seed(0)
+    return [trace_onnxruntime(_Res(c).eval(), (1, 3, s, s), runs=3, warmup=1) for c, s in
+            ((16, 16), (16, 24), (32, 16), (32, 24))]
+
+
+def test_kernel_groups_carry_every_node_time_and_follow_ort_fusion(traces):
+    for t in traces:
+        kernels, ms = ort_kernel_groups(t)
+        assert sum(len(k.nodes) for k in kernels) == len(t.graph)          # every op in exactly one kernel
+        timed = sum(n[2] for n in t.nodes if n[3] is not None)
+        assert ms.sum() == pytest.approx(timed, rel=1e-12) and timed > 0   # node times sum to the kernel times
+        assert all(n[3] is not None for n in t.nodes)                      # every node named after an op
+        types = [k.type for k in kernels]
+        assert "conv-relu" in types and "conv-add-relu" in types           # ORT fuses the residual and the relu
+    d = traces[0].to_dict()
+    again = NodeTrace.from_dict(d)
+    assert again.nodes == traces[0].nodes and len(again.graph) == len(traces[0].graph)
+
+
+def test_labels_include_the_layout_conversions_as_kernels(traces):
+    rows = trace_labels(traces[0])
+    kinds = {k.type for k, _ in rows}
+    assert kinds & {"to_plain"} == {"to_plain"}                            # blocked pool output into the flatten
+    assert all(ms > 0 for _, ms in rows)
+    conv = [k for k, _ in rows if k.type == "to_plain"][0]
+    assert conv.features["out_elems"] == pytest.approx(16 / 1e6)          # (1, 16, 1, 1) after the pool
+
+
+def test_rules_derived_from_traces_name_the_fused_chains(traces):
+    rules, stats = derive_fusion_rules(traces)
+    assert ("conv", "relu") in rules.patterns and ("conv", "add", "relu") in rules.patterns
+    assert stats["conv-relu"]["fused"] == stats["conv-relu"]["occurs"] == len(traces)
+
+
+def test_a_model_fitted_on_labels_prices_a_network(traces):
+    model = InNetworkModel.fit(traces, block=8)
+    for t in traces:
+        ms = model.predict(t.graph)
+        assert np.isfinite(ms) and ms > 0
+        assert model.predict_groups(t) > 0
+    ktypes = {k.type for k in model.kernels(traces[0].graph)}
+    assert "to_plain" in ktypes and "conv-add-relu" in ktypes
