@@ -19,8 +19,9 @@ from typing import Any
 
 from hwnas.graph import OpGraph, OpNode
 
-#: ONNX Runtime (CPU, NCHWc) layout rules. ``conv``: a convolution runs blocked when its input channels are a
-#: multiple of the block (or fewer than ``plain_input_below``: the first convolution reads the plain image); its
+#: ONNX Runtime (CPU, NCHWc) layout rules. ``conv``: a convolution runs blocked when its input is blocked (its
+#: channels padded up to the block) or has a multiple of the block channels, or has fewer than
+#: ``plain_input_below`` channels (then it reads a plain input: the first convolution reads the plain image); its
 #: output channels are padded up to the block. A grouped convolution runs blocked when it is depthwise over a
 #: multiple of the block, or when each group's input and output channels are multiples of the block. ``follow``: ops that run
 #: blocked when every tensor input is blocked (same shape for the binary ones). ``concat``: blocked when every input
@@ -52,8 +53,8 @@ def block_size(isa: str | None, rules: dict[str, Any] = ORT_NCHWC) -> int:
     return int(blocks.get((isa or "").lower(), blocks["default"]))
 
 
-def _conv_blocked(node: OpNode, block: int, rules: dict[str, Any]) -> tuple[bool, bool]:
-    """(runs blocked, reads a plain input directly) for a convolution."""
+def _conv_blocked(node: OpNode, block: int, rules: dict[str, Any], input_blocked: bool) -> tuple[bool, bool]:
+    """(runs blocked, reads its input plain) for a convolution."""
     a = node.attrs
     cin, cout, groups = int(a.get("cin", 0)), int(a.get("cout", 0)), int(a.get("groups", 1) or 1)
     if groups > 1:
@@ -62,7 +63,7 @@ def _conv_blocked(node: OpNode, block: int, rules: dict[str, Any]) -> tuple[bool
         return (cin // groups) % block == 0 and (cout // groups) % block == 0, False
     if cin < rules["plain_input_below"]:
         return True, True
-    return cin % block == 0, False
+    return input_blocked or cin % block == 0, False
 
 
 def layout_conversions(graph: OpGraph, block: int, rules: dict[str, Any] = ORT_NCHWC) -> list[Conversion]:
@@ -79,10 +80,10 @@ def layout_conversions(graph: OpGraph, block: int, rules: dict[str, Any] = ORT_N
             shapes.setdefault(i, tuple(s))
         shapes[node.name] = tuple(node.output_shape)
         if node.op in rules["conv_ops"]:
-            on, plain_ok = _conv_blocked(node, block, rules)
-            if on:
+            on, reads_plain = _conv_blocked(node, block, rules, bool(ins) and all(blocked[i] for i in ins))
+            if on and not reads_plain:
                 for i in ins:
-                    if not blocked[i] and not plain_ok:
+                    if not blocked[i]:
                         blocked_reader[i] = True
             else:
                 for i in ins:
