@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store", required=True, help="JSONL store (created, resumed)")
     ap.add_argument("--pass-id", type=int, default=0, help="which independent pass this process is")
     ap.add_argument("--every", type=int, default=1, help="measure every N-th network of each family (subset)")
+    ap.add_argument("--offset", type=int, default=0, help="with --every: start at the offset-th network")
     ap.add_argument("--families", default=None, help="comma-separated subset of families")
     ap.add_argument("--time-budget-min", type=float, default=None, help="stop after this many minutes")
     args = ap.parse_args(argv)
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from hwnas.builder import measure_zoo
 
     torch.set_num_threads(1)
-    done, failed = measure_zoo(args.backend, args.store, args.pass_id, every=args.every,
+    done, failed = measure_zoo(args.backend, args.store, args.pass_id, every=args.every, offset=args.offset,
                                families=tuple(args.families.split(",")) if args.families else None,
                                time_budget_min=args.time_budget_min)
     print(f"measured {done} networks ({failed} failed) into {args.store}")

@@ -57,15 +57,32 @@ def conversion_kernel(kind: str, shape: Sequence[int]) -> Kernel:
     return Kernel(kind, [], {k: float(v) for k, v in f.items()})
 
 
-def trace_labels(trace: NodeTrace) -> list[tuple[Kernel, float]]:
+def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Kernel, float]]:
     """Every kernel of a traced network as ONNX Runtime ran it, with its in-network time (ms); kernels with no
-    timed node (0 ms) are left out."""
+    timed node (0 ms) are left out.
+
+    Layout conversions are kernels of their own (``to_blocked``/``to_plain``), or, with ``absorb_layout``, their
+    time is added to the kernel on the plain side of the conversion: the kernel reading the plain tensor of a
+    ``to_plain``, the kernel writing the plain tensor of a ``to_blocked`` (the reader's when that is the graph
+    input). Ops without a blocked kernel (a broadcast ``mul``, a channel shuffle) then carry the conversions they
+    cause, and the network's kernels stay those the graph has (which keeps latency tables exact).
+    """
     kernels, ms = ort_kernel_groups(trace)
-    rows = [(k, float(t)) for k, t in zip(kernels, ms) if t > 0]
-    for op_type, t, src, _ in trace.reorders:
-        if t > 0 and op_type in _KINDS:
-            rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
-    return rows
+    ms = np.array(ms, dtype=np.float64)
+    rows: list[tuple[Kernel, float]] = []
+    if absorb_layout:
+        kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
+        for op_type, t, src, dst in trace.reorders:
+            side = (dst[0] if dst else None) if op_type == "ReorderOutput" or src not in kernel_of else src
+            if side in kernel_of:
+                ms[kernel_of[side]] += t
+            elif op_type in _KINDS:
+                rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    else:
+        for op_type, t, src, _ in trace.reorders:
+            if t > 0 and op_type in _KINDS:
+                rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    return [(k, float(t)) for k, t in zip(kernels, ms) if t > 0] + rows
 
 
 def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5) -> tuple[FusionRules, dict]:
@@ -105,6 +122,8 @@ class InNetworkModel:
         Per kernel type, the regressor and its ``{"features", "target", "unit_feature"}``.
     overhead : tuple of float
         ``(a, b)``: a network costs ``a + b * kernels`` ms on top of its kernels.
+    absorb_layout : bool
+        Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
     """
 
     rules: FusionRules
@@ -112,20 +131,23 @@ class InNetworkModel:
     regressors: dict[str, Any]
     specs: dict[str, dict[str, Any]]
     overhead: tuple[float, float] = (0.0, 0.0)
+    absorb_layout: bool = False
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
-            rules: FusionRules | None = None, seed: int = 0, max_rows: int = 400) -> "InNetworkModel":
+            rules: FusionRules | None = None, seed: int = 0, max_rows: int = 400,
+            absorb_layout: bool = False) -> "InNetworkModel":
         """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
-        the trace's own run time is used). A kernel type with more than ``max_rows`` labels is fitted on a seeded
+        the trace's own run time is used). With ``absorb_layout`` the conversions' time is fitted into the
+        kernels on their plain side (:func:`trace_labels`; use ``block=0`` then). A kernel type with more than ``max_rows`` labels is fitted on a seeded
         random sample of that many (the fit's time grows with them)."""
         from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
 
         rules = rules if rules is not None else derive_fusion_rules(traces)[0]
         by_type: dict[str, list[tuple[dict, float]]] = {}
         for t in traces:
-            for k, ms in trace_labels(t):
+            for k, ms in trace_labels(t, absorb_layout):
                 by_type.setdefault(k.type, []).append((k.features, ms))
                 if k.type.split("-")[0] not in _MAC_MAIN:
                     by_type.setdefault(POOLED, []).append((k.features, ms))
@@ -133,7 +155,7 @@ class InNetworkModel:
         by_type = {k: (v if len(v) <= max_rows else rng.sample(v, max_rows))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
-        model = cls(rules, block, regressors, specs)
+        model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout)
         truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
         x, y = [], []
         for t, meas in zip(traces, truth):
@@ -194,7 +216,7 @@ class InNetworkModel:
     def predict_groups(self, trace: NodeTrace) -> float:
         """Latency of a traced network priced on the kernels ONNX Runtime really ran and its real conversions
         (the fusion and layout known exactly: what is left is the regressors' error), ms."""
-        kernels = [k for k, _ in trace_labels(trace)]
+        kernels = [k for k, _ in trace_labels(trace, self.absorb_layout)]
         a, b = self.overhead
         return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
 

@@ -129,7 +129,7 @@ def zoo_key(model_key: str, pass_id: int) -> str:
 
 
 def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any = None, *, every: int = 1,
-                families: tuple[str, ...] | None = None, time_budget_min: float | None = None,
+                offset: int = 0, families: tuple[str, ...] | None = None, time_budget_min: float | None = None,
                 progress: bool = True) -> tuple[int, int]:
     """Time zoo networks end to end into a resumable store; one call is one *pass* (one process).
 
@@ -147,6 +147,8 @@ def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any =
         Default :data:`~hwnas.builder.DEFAULT_PROTOCOL` (use the kernels' protocol).
     every : int
         Keep every N-th network of each family (a subset, e.g. for a noise pass).
+    offset : int
+        Start that subset at the offset-th network of each family (another subset of the same size).
     families : tuple of str, optional
         Only these families.
 
@@ -169,7 +171,7 @@ def measure_zoo(backend: Any, store_path: Any, pass_id: int = 0, protocol: Any =
         kept = []
         for m in models:
             seen[m.family] = seen.get(m.family, -1) + 1
-            if seen[m.family] % every == 0:
+            if seen[m.family] % every == offset % every:
                 kept.append(m)
         models = kept
     be = get_backend(backend)

@@ -69,3 +69,13 @@ def test_a_model_fitted_on_labels_prices_a_network(traces):
         assert model.predict_groups(t) > 0
     ktypes = {k.type for k in model.kernels(traces[0].graph)}
     assert "to_plain" in ktypes and "conv-add-relu" in ktypes
+
+
+def test_absorbed_conversions_keep_the_total_and_the_graphs_kernels(traces):
+    for t in traces:
+        plain = trace_labels(t)
+        absorbed = trace_labels(t, absorb_layout=True)
+        total = sum(n[2] for n in t.nodes) + sum(r[1] for r in t.reorders)
+        assert sum(ms for _, ms in plain) == pytest.approx(total, rel=1e-9)
+        assert sum(ms for _, ms in absorbed) == pytest.approx(total, rel=1e-9)
+        assert not {k.type for k, _ in absorbed} & {"to_plain", "to_blocked"}
