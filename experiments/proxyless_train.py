@@ -28,6 +28,9 @@ from typing import Any, Sequence
 from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
 
 DESCRIPTION = __doc__.split("\n\n")[0]
+#: Without --target-ms the target is this fraction of the way from the fastest to the slowest architecture
+#: (:meth:`hwnas.nas.LatencyBudget.from_range`, the one-shot rule).
+TARGET_FRACTION = 0.3
 EPILOG = """\
 output (OUT_DIR): arch.json (the derived architecture, with its space, configuration and input shape), subnet.pt
 (its state dict: inherited weights, recalibrated BatchNorm), subnet_finetuned.pt (with --finetune-epochs),
@@ -141,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     import hwnas
     import search_spaces as ss
     from hwnas.data import DataConfig
-    from hwnas.nas import LatencyLossConfig
+    from hwnas.nas import LatencyBudget, LatencyLossConfig
     from hwnas.oneshot import ProxylessBatches, ProxylessModule, ProxylessSearchConfig, recalibrate_bn
     from hwnas.oneshot import TrainerConfig, fit, make_loader, resolve_precision
     from hwnas.train import evaluate
@@ -160,7 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     shape = (1, 3, args.image_size, args.image_size)
     table = hwnas.LatencyTable.build(space, predictor, input_shape=shape, cache_dir=out / "tables")
     lo, hi = table.min_latency(), table.max_latency()
-    target = args.target_ms if args.target_ms is not None else lo + 0.3 * (hi - lo)
+    default = LatencyBudget.from_range(table, TARGET_FRACTION).max_ms
+    target = args.target_ms if args.target_ms is not None else default
     print(f"space {args.space} (width {args.width_mult}, {args.image_size}px), predictor {predictor.name}: "
           f"{lo:.3f} .. {hi:.3f} ms; target {target:.3f} ms ({args.loss})", flush=True)
     if not lo <= target <= hi:

@@ -18,7 +18,8 @@ Phases (Guo et al., "Single Path One-Shot NAS", ECCV 2020, with predicted latenc
     python -m experiments.spos_search --data cifar10 --data-root ~/data/cifar10 --devices 4 --budget-ms 3.5 ...
 
 Without ``--budget-ms`` the budget is the fastest latency of the space plus ``--budget-fraction`` (0.35) of its
-range. YAML keys are the long option names with ``_`` (``budget_ms: 3.2``); command-line options override them.
+range (:meth:`hwnas.nas.LatencyBudget.from_range`, the one-shot rule). YAML keys are the long option names with
+``_`` (``budget_ms: 3.2``); command-line options override them.
 The defaults are those of the reported digits run (the supernet needs about 2000 steps at this size before
 its paths agree and the loss leaves chance level; 60 epochs with the LR decayed to zero by then stayed near
 chance).
@@ -191,8 +192,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     table = hwnas.LatencyTable.build(space, predictor, input_shape=(1, 3, args.image_size, args.image_size),
                                      cache_dir=out / "tables")
     lo, hi = table.min_latency(), table.max_latency()
-    max_ms = args.budget_ms if args.budget_ms is not None else lo + args.budget_fraction * (hi - lo)
-    sampler = BudgetedSampler(table, LatencyBudget(float(max_ms), args.min_ms))
+    budget = (LatencyBudget(float(args.budget_ms), args.min_ms) if args.budget_ms is not None
+              else LatencyBudget.from_range(table, args.budget_fraction, min_ms=args.min_ms))
+    sampler = BudgetedSampler(table, budget)
     sampler.check_feasible()
     print(f"space spos (width {args.width_mult}, {args.image_size}px): predicted latency {lo:.4f}..{hi:.4f} ms on "
           f"{predictor.name}; budget {sampler.budget}; {sampler.acceptance_rate():.1%} of uniform archs fit")

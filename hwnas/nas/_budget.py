@@ -3,6 +3,15 @@
 The table makes every check exact and cheap: an architecture's latency is a gather and a sum, and the fastest
 and slowest architectures of the space are the per-label minima and maxima, so a budget no architecture meets
 is known before anything is sampled or trained.
+
+Default budgets, when the user names no ``max_ms``, follow two documented rules, each in one place:
+
+- multi-trial searches (the random search, the NNI search): :meth:`LatencyBudget.from_table`, a quantile
+  (:data:`DEFAULT_QUANTILE`) of the latency of uniformly drawn architectures: about that share of the space passes;
+- one-shot searches (the SPOS budget, the ProxylessNAS latency target): :meth:`LatencyBudget.from_range`, the
+  fastest latency plus a fraction of the space's range (``experiments/spos_search.py``: ``--budget-fraction``,
+  0.35; ``experiments/proxyless_train.py``: 0.3). A supernet search aims at a point of the range, and uniform
+  architectures concentrate in its middle, so a quantile would put the target far from the fast end.
 """
 
 from __future__ import annotations
@@ -73,6 +82,29 @@ class LatencyBudget:
         n = np.asarray(table.n_choices)
         idx = (rng.random((QUANTILE_DRAWS, len(n))) * n).astype(np.int64)
         return cls(float(np.quantile(table.latency_batch(idx), float(quantile))), min_ms)
+
+    @classmethod
+    def from_range(cls, table: Any, fraction: float, *, min_ms: float | None = None) -> "LatencyBudget":
+        """The default budget of a one-shot search: ``fastest + fraction * (slowest - fastest)``, ms.
+
+        Parameters
+        ----------
+        table : LatencyTable
+            The space's latency table (``min_latency``, ``max_latency``).
+        fraction : float
+            In ``[0, 1]``: where in the space's predicted latency range the budget lies (0: the fastest
+            architecture only).
+        min_ms : float, optional
+            Lower bound, ms, passed through.
+
+        Returns
+        -------
+        LatencyBudget
+        """
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"the budget fraction must be in [0, 1], got {fraction}")
+        lo, hi = float(table.min_latency()), float(table.max_latency())
+        return cls(lo + float(fraction) * (hi - lo), min_ms)
 
     def contains(self, latency_ms: Any) -> Any:
         """Whether ``latency_ms`` (a float or an array, ms) is within the budget."""

@@ -171,3 +171,13 @@ def test_from_table_is_the_quantile_of_a_fixed_uniform_draw():
     assert LatencyBudget.from_table(table, 0.5, min_ms=0.1).min_ms == 0.1
     with pytest.raises(ValueError, match="quantile"):
         LatencyBudget.from_table(table, 0.0)
+
+
+def test_from_range_is_the_fastest_plus_a_fraction_of_the_range():
+    table = _table()
+    lo, hi = table.min_latency(), table.max_latency()
+    assert LatencyBudget.from_range(table, 0.35).max_ms == lo + 0.35 * (hi - lo)   # the one-shot drivers' formula
+    assert LatencyBudget.from_range(table, 0.0).max_ms == lo and LatencyBudget.from_range(table, 1.0).max_ms == hi
+    assert LatencyBudget.from_range(table, 0.3, min_ms=0.1).min_ms == 0.1
+    with pytest.raises(ValueError, match="fraction"):
+        LatencyBudget.from_range(table, 1.5)
