@@ -14,7 +14,11 @@ Public API (everything else is private machinery and may change):
 - :class:`LatencyLoss`, :class:`LatencyLossConfig` — the differentiable hardware-latency loss of ProxylessNAS
   (``mul#log``, ``add#linear``): expected latency from softmax(α) and the table, with an exact gradient to α.
 - :class:`RandomSearchConfig`, :func:`run_random_search` — the resumable random multi-trial search without the
-  NNI manager; :func:`finish_search` — the ending shared with the NNI launch (top-k table, PNG, best network).
+  NNI manager; :class:`NniSearchConfig` (sections :class:`SpaceSection`, :class:`BudgetSection`,
+  :class:`StrategySection`, :class:`TrialsSection`, :class:`EngineSection`; :data:`STRATEGIES`, :data:`ENGINES`),
+  :func:`run_nni_search`, :class:`NniSearchResult` — the NNI experiment (manager and web UI, or sequential), with
+  :func:`choose_port` (a free loopback port). Both start with :func:`prepare_search` (predictor → latency table →
+  budget → feasibility, :class:`SearchSetup`) and end with :func:`finish_search` (top-k table, PNG, best network).
 
 Names are imported lazily on first use, so ``import hwnas.nas`` imports neither torch nor NNI.
 """
@@ -29,6 +33,19 @@ _LAZY = {
     "RandomSearchConfig": "hwnas.nas._random_search",
     "SearchResult": "hwnas.nas._random_search",
     "run_random_search": "hwnas.nas._random_search",
+    "prepare_search": "hwnas.nas._prepare",
+    "SearchSetup": "hwnas.nas._prepare",
+    "NniSearchConfig": "hwnas.nas._nni_search",
+    "NniSearchResult": "hwnas.nas._nni_search",
+    "run_nni_search": "hwnas.nas._nni_search",
+    "choose_port": "hwnas.nas._nni_search",
+    "SpaceSection": "hwnas.nas._nni_search",
+    "BudgetSection": "hwnas.nas._nni_search",
+    "StrategySection": "hwnas.nas._nni_search",
+    "TrialsSection": "hwnas.nas._nni_search",
+    "EngineSection": "hwnas.nas._nni_search",
+    "STRATEGIES": "hwnas.nas._nni_search",
+    "ENGINES": "hwnas.nas._nni_search",
     "LatencyProfiler": "hwnas.nas._profiler",
     "LatencyFilter": "hwnas.nas._profiler",
     "evaluate_architecture": "hwnas.nas._trial",

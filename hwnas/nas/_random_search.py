@@ -47,11 +47,12 @@ from hwnas.data import DataConfig
 from hwnas.errors import HwnasError, InfeasibleBudgetError, StoreError
 from hwnas.files import append_jsonl, atomic_write, read_jsonl
 from hwnas.nas._budget import BudgetedSampler, LatencyBudget
+from hwnas.nas._prepare import TABLE_FILE, prepare_search  # TABLE_FILE: where a search keeps its table
 from hwnas.train import TrainConfig
 
 __all__ = ["RandomSearchConfig", "SearchResult", "read_trials", "run_random_search", "trial_archs"]
 
-CONFIG_FILE, TRIALS_FILE, WEIGHTS_DIR, TABLE_FILE = "config.json", "trials.jsonl", "trials", "latency_table.json"
+CONFIG_FILE, TRIALS_FILE, WEIGHTS_DIR = "config.json", "trials.jsonl", "trials"
 _MAX_REDRAWS = 1000
 # Fields that do not change what a trial computes: they may differ between a run and its resume.
 _RUN_ONLY = {"out_dir", "trials", "top_k", "keep_weights", "export", "measure"}
@@ -235,29 +236,6 @@ def trial_archs(sampler: BudgetedSampler, n: int, seed: int) -> list[dict[str, s
     return archs
 
 
-def _load_or_build_table(path: Path, cfg: RandomSearchConfig, predictor: Any) -> Any:
-    """The table in ``path`` when it describes this space, config, input size and predictor; else a new one."""
-    import search_spaces as ss
-    from hwnas.errors import TableFileError
-    from hwnas.tables import LatencyTable
-
-    side = int(cfg.space_config["input_size"])
-    if path.is_file():
-        try:
-            table = LatencyTable.load(path)
-            meta = table.metadata
-            if (meta["space"]["name"] == cfg.space and meta["predictor"]["checksum"] == predictor.checksum
-                    and list(meta["input_shape"]) == [1, 3, side, side]
-                    and all(meta["space"]["config"].get(k) == v for k, v in cfg.space_config.items())):
-                return table
-        except (TableFileError, KeyError, TypeError):
-            pass   # rebuilt below
-    table = LatencyTable.build(ss.create_space(cfg.space, **cfg.space_config), predictor)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.save(path)
-    return table
-
-
 # -- files --------------------------------------------------------------------------------------------------------
 def read_trials(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
     """The records of a ``trials.jsonl``, in file order.
@@ -374,7 +352,6 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     """
     import torch
 
-    import hwnas
     import search_spaces as ss
     from hwnas.nas._report import finish_search
     from hwnas.train import train_model
@@ -385,13 +362,10 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
     out = Path(cfg.out_dir)
     # Cheap checks first: the data is read (a wrong path fails here, in seconds) before the space is priced.
     train_ds, val_ds = cfg.data.dataset("train"), cfg.data.dataset("val")
-    predictor = hwnas.load_latency_predictor(cfg.predictor)
-    table = _load_or_build_table(out / TABLE_FILE, cfg, predictor)
-    budget = cfg.budget or LatencyBudget.from_table(table, cfg.budget_quantile)
-    sampler = BudgetedSampler(table, budget)
-    sampler.check_feasible()
-    lo, hi = table.min_latency(), table.max_latency()
-    rate = sampler.acceptance_rate()
+    setup = prepare_search(cfg.space, cfg.space_config, cfg.predictor, out, budget=cfg.budget,
+                           quantile=cfg.budget_quantile)
+    predictor, budget, sampler = setup.predictor, setup.budget, setup.sampler
+    (lo, hi), rate = setup.latency_range, setup.acceptance_rate
     archs = trial_archs(sampler, cfg.trials, cfg.seed)   # before anything trains: fails here if too few fit
 
     identity = cfg.identity()
@@ -406,8 +380,7 @@ def run_random_search(cfg: RandomSearchConfig, *, progress: bool = True, fresh: 
             raise StoreError(f"{trials_file}: trial {i} has architecture {rec['arch']}, but this configuration "
                              f"draws {archs[i]}; the file belongs to another search (use --force to discard it)")
     todo = [i for i in range(cfg.trials) if i not in done]
-    say(f"search space {cfg.space} {cfg.space_config}: predicted latency {lo:.3f}..{hi:.3f} ms on {predictor.name}; "
-        f"budget {budget} accepts {rate:.1%} of the architectures")
+    say(setup.describe(cfg.space, cfg.space_config))
     say(f"{len(done)} trial(s) already finished in {out}, {len(todo)} to run "
         f"({cfg.train.epochs} epoch(s) each on {cfg.data.name})")
 

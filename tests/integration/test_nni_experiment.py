@@ -1,5 +1,6 @@
-"""The NNI launch (experiments.nni_search) end to end: sequential engine with resume, and the local training service
-with the manager on loopback; plus its configuration and the infeasible-budget error before anything starts."""
+"""The NNI search (hwnas.nas.run_nni_search, configured as experiments.nni_search reads it) end to end: sequential
+engine with resume, and the local training service with the manager on loopback; plus its configuration and the
+infeasible-budget error before anything starts."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import torch
 
 from experiments import nni_search
 from hwnas.errors import DataError, InfeasibleBudgetError
+from hwnas.nas import NniSearchConfig, choose_port, run_nni_search
 from hwnas.tables import LatencyTable
 
 KEYS = {"trial", "status", "arch", "default", "accuracy", "latency_ms", "macs", "params", "train_loss", "steps",
         "train_seconds", "seconds", "wall_seconds"}
 
 
-def _cfg(out: Path, **sections) -> nni_search.NniSearchConfig:
+def _cfg(out: Path, **sections) -> NniSearchConfig:
     doc = {"space": {"name": "spos", "width_mult": 0.25}, "budget": {"quantile": 0.6},
            "strategy": {"name": "random", "seed": 0}, "trials": {"max_trial_number": 3, "num_threads": 1},
            "training": {"epochs": 1, "max_steps": 2, "batch_size": 32, "bn_recalibration_batches": 1},
@@ -55,7 +57,7 @@ def test_default_yaml_loads_and_overrides_win():
 def test_missing_data_fails_before_anything_is_built(tmp_path):
     cfg = _cfg(tmp_path / "run", data={"name": "cifar10", "root": str(tmp_path / "nowhere")})
     with pytest.raises(DataError, match="nowhere"):
-        nni_search.run(cfg, print_fn=None)
+        run_nni_search(cfg, print_fn=None)
     assert not (tmp_path / "run" / "latency_table.json").exists() and not (tmp_path / "run" / "nni").exists()
 
 
@@ -63,7 +65,7 @@ def test_missing_data_fails_before_anything_is_built(tmp_path):
 def test_infeasible_budget_fails_before_the_experiment_starts(tmp_path):
     cfg = _cfg(tmp_path / "run", budget={"max_ms": 0.01})
     with pytest.raises(InfeasibleBudgetError, match=r"latency <= 0.01 ms.*fastest architecture of the space takes"):
-        nni_search.run(cfg, print_fn=None)
+        run_nni_search(cfg, print_fn=None)
     assert not (tmp_path / "run" / "nni").exists() and not (tmp_path / "run" / "results.jsonl").exists()
 
 
@@ -71,7 +73,7 @@ def test_infeasible_budget_fails_before_the_experiment_starts(tmp_path):
 @pytest.mark.slow
 def test_sequential_engine_runs_three_trials_reports_full_dicts_and_resumes(tmp_path):
     out = tmp_path / "run"
-    result = nni_search.run(_cfg(out), print_fn=None)
+    result = run_nni_search(_cfg(out), print_fn=None)
     _check_records(result, 3)
     assert result.web_ui is None and result.filter_counts[0] == 3
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -87,7 +89,7 @@ def test_sequential_engine_runs_three_trials_reports_full_dicts_and_resumes(tmp_
 
     # Resume the stopped experiment (NNI's checkpoint load needs allowlisted_checkpoints) for one more trial.
     more = _cfg(out, trials={"max_trial_number": 4}, resume=result.experiment_id)
-    resumed = nni_search.run(more, print_fn=None)
+    resumed = run_nni_search(more, print_fn=None)
     assert resumed.experiment_id == result.experiment_id
     _check_records(resumed, 4)
     assert [r["arch"] for r in resumed.records[:3]] == [r["arch"] for r in result.records]
@@ -96,7 +98,7 @@ def test_sequential_engine_runs_three_trials_reports_full_dicts_and_resumes(tmp_
 
 @pytest.mark.slow
 def test_training_service_runs_two_trials_with_the_manager_on_loopback_and_stops_cleanly(tmp_path):
-    port = nni_search.choose_port(18080)
+    port = choose_port(18080)
     seen: list[set[str]] = []
 
     def listening(_rec):
@@ -104,7 +106,7 @@ def test_training_service_runs_two_trials_with_the_manager_on_loopback_and_stops
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
 
     cfg = _cfg(tmp_path / "run", trials={"max_trial_number": 2}, engine={"name": "training_service", "port": port})
-    result = nni_search.run(cfg, on_record=listening, print_fn=None)
+    result = run_nni_search(cfg, on_record=listening, print_fn=None)
     _check_records(result, 2)
     assert result.web_ui == f"http://127.0.0.1:{port}"
     assert seen and all(addrs == {"127.0.0.1"} for addrs in seen)   # manager and web UI: loopback only
@@ -117,6 +119,6 @@ def test_training_service_runs_two_trials_with_the_manager_on_loopback_and_stops
     assert summary["trained"] == 2 and summary["web_ui"] == result.web_ui
 
     # The same proposals train to the same numbers in the sequential engine (seeded init, seeded training).
-    same = nni_search.run(_cfg(tmp_path / "seq", trials={"max_trial_number": 2}), print_fn=None)
+    same = run_nni_search(_cfg(tmp_path / "seq", trials={"max_trial_number": 2}), print_fn=None)
     key = ("arch", "default", "latency_ms", "train_loss")
     assert [[r[k] for k in key] for r in same.records] == [[r[k] for k in key] for r in result.records]
