@@ -137,6 +137,27 @@ def _refit_overhead(model: Any, train: list[dict[str, Any]]) -> tuple[float, flo
     return float(a), float(max(b, 0.0))
 
 
+def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int) -> None:
+    from hwnas.builder import InNetworkModel, derive_fusion_rules
+
+    from hwnas.device import describe
+
+    traced = {r["device"] for r in rows if r["device"]}
+    if traced != {describe(fp)}:
+        raise SystemExit(f"error: the traces were taken on {sorted(traced)}, this machine is {describe(fp)}: a "
+                         "predictor written here would carry the wrong machine's fingerprint; write it where the "
+                         "traces were taken")
+    rules, stats = derive_fusion_rules(r["trace"] for r in rows)
+    model = InNetworkModel.fit([r["trace"] for r in rows], [r["measured_ms"] for r in rows], block=0, rules=rules,
+                               absorb_layout=True)
+    notes = {"in_network": {"networks": len(rows), "families": sorted({r["family"] for r in rows}),
+                            "end_to_end_passes": passes, "fusion_rule_evidence": stats,
+                            "overhead_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1]},
+                            "benchmark": "experiments/benchmarks/in_network.py"}}
+    out = model.write(path, fp, notes=notes)
+    print(f"predictor written: {out} ({len(model.specs)} kernel types, rules {model.rules})")
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def one(sel: list[dict[str, Any]]) -> dict[str, Any]:
         meas = np.array([r["measured_ms"] for r in sel])
@@ -204,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="folder with traces.jsonl(.gz) and zoo.jsonl(.gz)")
     ap.add_argument("--predictor", default="auto", help="shipped predictor to compare with (default auto)")
     ap.add_argument("--isa", default=None, help="vector ISA of the traced CPU (default: this machine's)")
+    ap.add_argument("--write-predictor", default=None, metavar="DIR",
+                    help="also fit the absorbed variant on every network and write it as a predictor to DIR")
+    ap.add_argument("--skip-eval", action="store_true", help="with --write-predictor: no comparison")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
@@ -233,9 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"model": key, "family": r["family"], "side": sides.get(key, 0), "trace": t,
                      "measured_ms": float(np.median(truth[key])), "noise": _noise(truth[key]),
                      "layout_exact": exact, "device": r.get("device")})
+    dev = describe(fp)
+    if args.write_predictor:
+        _write(rows, args.write_predictor, fp, passes)
+        if args.skip_eval:
+            return
     extra = evaluate(rows, block, predictor)
     summary = summarise(rows)
-    dev = describe(fp)
     traced_on = sorted({r["device"] for r in rows if r["device"]})
     print(f"\nmachine now: {dev}\ntraced on: {'; '.join(traced_on)}\nblock {block} ({isa}); predictor "
           f"{predictor.name}; {len(rows)} networks, {passes} end-to-end passes (truth: their median)\n")

@@ -221,4 +221,40 @@ class InNetworkModel:
         return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
 
 
+    def write(self, path: Any, fp: dict[str, Any], *, name: str | None = None, notes: dict[str, Any] | None = None
+              ) -> Any:
+        """Write this model as a predictor directory of backend ``onnxruntime-cpu`` for the machine with
+        fingerprint ``fp`` (the machine the traces were taken on); returns its path.
+
+        The overhead line goes into the calibration: ``a`` as the per-call overhead, ``b`` as a per-kernel term
+        of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
+        prefix fallback: a type the labels never showed raises ``UnknownKernelError`` when priced). Conversion
+        kernels need ``absorb_layout`` (the predictor prices the network's own kernels).
+        """
+        import hwnas
+        from hwnas.builder._config import default_name, utc_now
+        from hwnas.builder._fit import ZERO_COST_OPS
+        from hwnas.device import describe
+        from hwnas.predictor import write_predictor
+
+        if self.block:
+            raise ValueError("a predictor prices the network's own kernels: fit with block=0 and absorb_layout")
+        types = sorted(t for t in self.specs if t != POOLED)
+        a, b = self.overhead
+        meta = {
+            "name": name or default_name("onnxruntime-cpu", fp), "version": utc_now()[:10].replace("-", "."),
+            "backend": "onnxruntime-cpu", "device": {"description": describe(fp), "fingerprint": fp},
+            "runtime": dict(fp.get("runtimes", {})), "threads": 1, "batch_size": 1, "precision": "fp32",
+            "units": "ms",
+            "protocol": {"labels": "in-network: ONNX Runtime profiles of whole networks (median node time over the "
+                                   "profiled runs), layout conversions in the kernel on their plain side",
+                         "overhead": "a + b * kernels fitted on end-to-end medians"},
+            "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
+            "model_overhead_ms": float(max(a, 0.0)), "kernels": {t: self.specs[t] for t in types},
+            "calibration": {"intercept_ms": 0.0, "kernel_scale": {},
+                            "kernel_terms": {t: {"per_kernel": float(b)} for t in types}},
+            "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
+        }
+        return write_predictor(path, meta, {t: self.regressors[t] for t in types})
+
 __all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "trace_labels"]

@@ -79,3 +79,21 @@ def test_absorbed_conversions_keep_the_total_and_the_graphs_kernels(traces):
         assert sum(ms for _, ms in plain) == pytest.approx(total, rel=1e-9)
         assert sum(ms for _, ms in absorbed) == pytest.approx(total, rel=1e-9)
         assert not {k.type for k, _ in absorbed} & {"to_plain", "to_blocked"}
+
+
+def test_a_written_in_network_predictor_prices_as_the_model(traces, tmp_path):
+    import warnings
+
+    from hwnas.device import fingerprint
+    from hwnas.predictor import load_latency_predictor
+
+    model = InNetworkModel.fit(traces, block=0, absorb_layout=True)
+    model.overhead = (0.05, 0.002)
+    path = model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-in-network")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # written for this machine: no device warning
+        pred = load_latency_predictor(path)
+        for t in traces:
+            assert pred.predict(t.graph, model_type="graph") == pytest.approx(model.predict(t.graph), rel=1e-9)
+    with pytest.raises(ValueError, match="block=0"):
+        InNetworkModel.fit(traces, block=8).write(tmp_path / "q", fingerprint())
