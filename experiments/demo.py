@@ -13,6 +13,7 @@ the captured graphs, kernels and measured latencies instead, and says so.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 
@@ -108,4 +109,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hwnas.errors import EXIT_ERROR, HwnasError
+
+    try:
+        main()
+    except HwnasError as err:   # the exit-code policy of every entry point (hwnas.errors.EXIT_ERROR)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)

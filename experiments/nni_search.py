@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from hwnas.errors import HwnasError
+    from hwnas.errors import EXIT_ERROR, HwnasError
 
     overrides = list(args.overrides)
     for dest, key in _SHORTCUTS.items():
@@ -155,12 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         result = run_nni_search(cfg)
-    except HwnasError as err:
+    except (HwnasError, ValueError, TypeError) as err:   # a hwnas error, or a bad configuration value
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     per = result.seconds_per_trial()
     print(f"\nexperiment {result.experiment_id}: {len(result.records)} trials in {result.wall_seconds:.1f} s"
           + (f", {per['wall_seconds']:.1f} s per trial (submit to end)" if "wall_seconds" in per else "")

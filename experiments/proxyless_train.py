@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = parse_with_config(build_parser(), argv)
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    if not 0.0 < args.arch_fraction < 1.0:   # a usage error (exit 2), before any data is read
+        parser.error(f"--arch-fraction must be in (0, 1), got {args.arch_fraction}")
     args.devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     return args
 
@@ -125,13 +128,13 @@ def split_train(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from hwnas.errors import HwnasError
+    from hwnas.errors import EXIT_ERROR, HwnasError
 
     try:
         return _run(args)
     except HwnasError as err:   # hwnas errors name the problem (a data path, a predictor): no traceback
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -118,7 +118,7 @@ def to_config(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from hwnas.errors import HwnasError
+    from hwnas.errors import EXIT_ERROR, HwnasError
 
     try:
         if args.adapt_if_needed is not None and str(args.predictor).partition(":")[0] == "auto":
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = to_config(args)
     except (ValueError, TypeError, HwnasError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     import torch
 
     from hwnas.nas import run_random_search
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_random_search(cfg, progress=args.progress, fresh=args.force)
     except HwnasError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     wall = time.perf_counter() - start
     ran = set(result.ran)
     trained = [r["seconds"] for r in result.records if r["trial"] in ran and r.get("seconds") is not None]

@@ -286,11 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args)
     except Exception as err:  # noqa: BLE001 - hwnas errors name the problem; show them without a traceback
-        from hwnas.errors import HwnasError
+        from hwnas.errors import EXIT_ERROR, HwnasError
 
         if isinstance(err, HwnasError):
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_ERROR
         raise
     return 0
 

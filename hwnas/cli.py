@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from hwnas.errors import HwnasError
+from hwnas.errors import EXIT_ERROR, HwnasError
 
 
 class DeprecatedAlias(argparse.Action):
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except HwnasError as e:
         print(f"hwnas {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except BrokenPipeError:   # output piped into e.g. `head`, which closed early: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: Exit status of a command-line program (``hwnas``, the ``experiments/`` entry points) that ends on a
+#: :class:`HwnasError`: one ``error:`` line, no traceback; the same status as argparse's usage errors.
+EXIT_ERROR = 2
+
 
 class HwnasError(Exception):
     """Base class of every error hwnas raises on purpose."""

@@ -69,7 +69,7 @@ def test_command_trains_resumes_and_exports(tmp_path, capsys):
     assert _lines(out / "trials.jsonl")[:2] == records
 
     # another configuration in the same folder is refused with a clear message
-    assert cli.main([*ARGS, "--trials", "3", "--seed", "5", "--out-dir", str(out)]) == 1
+    assert cli.main([*ARGS, "--trials", "3", "--seed", "5", "--out-dir", str(out)]) == 2
     assert "another configuration (seed: was 0, now 5)" in capsys.readouterr().err
 
 

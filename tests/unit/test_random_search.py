@@ -294,7 +294,7 @@ def test_cli_reports_an_infeasible_budget_as_an_error(tmp_path, capsys, table_ca
     code = cli.main(["--budget-ms", "0.01", "--out-dir", str(tmp_path / "o"), "--image-size", "8", "--width-mult",
                      "0.25", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "error: no architecture meets the latency budget latency <= 0.01 ms" in err
+    assert code == 2 and "error: no architecture meets the latency budget latency <= 0.01 ms" in err
 
 
 # ----- what locks a folder ------------------------------------------------------------------------------------------
