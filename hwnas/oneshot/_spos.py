@@ -14,9 +14,17 @@ place, and leaves sampling to hwnas (budget-aware, seeded per step so a resumed 
 NNI's one-shot strategy would bring its own training loop and evaluator, a python-``random`` sampler outside
 the checkpoint, and a subnet freeze that fails on this stack (see the NNI notes).
 
-Sampling is reproducible and resume-exact by construction: the path of step ``t`` is drawn with
-``numpy.random.default_rng([seed, t])``; under DDP every rank draws the same path (different data), which
-needs ``strategy="ddp_find_unused_parameters_true"``. Training details as in the paper, scaled down: SGD with
+Sampling is reproducible and resume-exact by construction: the paths of steps ``256 c .. 256 c + 255`` are
+drawn at once (one vectorised call of the sampler) with ``numpy.random.default_rng([seed, 1, c])``, so the
+path of step ``t`` is a function of ``(seed, t)`` only; under DDP every rank draws the same path (different
+data), which needs ``strategy="ddp_find_unused_parameters_true"``.
+
+The step costs what its path costs (issue 17; ``experiments/benchmarks/oneshot_throughput.py`` times it
+against the same paths built as plain modules): paths are drawn 256 at a time (one draw per step cost about 2 ms
+of rejection sampling), and the optimizer is :class:`~hwnas.oneshot._path_sgd.PathSGD` with one parameter
+group per unit (stem, head, every candidate), which steps and clears only the groups of the path instead of
+visiting every parameter of the supernet in Python, with torch's multi-tensor (``foreach``) update on every
+device (torch picks it on CUDA only). Training details as in the paper, scaled down: SGD with
 momentum and Nesterov off, weight decay on conv/linear weights only, label smoothing, a linear (or cosine)
 LR decay per step. During training, validation reports the accuracy of a few fixed architectures within the
 budget with the supernet's shared BatchNorm statistics (a cheap progress signal; the search recalibrates).
@@ -43,10 +51,14 @@ from torch.nn import functional as F
 
 from hwnas.errors import ArchitectureError, HwnasError
 from hwnas.oneshot._bn import recalibrate_bn
+from hwnas.oneshot._path_sgd import PathSGD, unit_param_groups
 
 __all__ = ["SinglePathSupernet", "SposSupernetModule", "SubnetEvaluator", "SupernetConfig"]
 
 Arch = Mapping[str, str]
+PATH_CHUNK = 256
+"""Training paths drawn per call of the sampler (steps ``PATH_CHUNK * c ..`` from ``default_rng([seed, 1, c])``)."""
+SAMPLING_SCHEME = f"chunks of {PATH_CHUNK}, default_rng([seed, 1, chunk])"
 
 
 class SinglePathSupernet(nn.Module):
@@ -128,7 +140,8 @@ class SupernetConfig:
     warmup_steps : int
         Linear warm-up steps.
     seed : int
-        Seed of the path sampling (step ``t`` uses ``default_rng([seed, t])``).
+        Seed of the path sampling (step ``t``'s path is the ``t % 256``-th of ``default_rng([seed, 1, t // 256])``'s
+        draw of 256).
     n_val_archs : int
         Fixed architectures (within the budget) whose accuracy validation reports.
     """
@@ -192,11 +205,20 @@ class SposSupernetModule(pl.LightningModule):
         self._counts = np.zeros((len(self.supernet.labels), max(len(c) for c in self.supernet.choices.values())),
                                 dtype=np.int64)
         self._lat_sum, self._lat_n = 0.0, 0
+        self._chunk: tuple[int, list[dict[str, str]]] = (-1, [])
 
     # -- sampling ---------------------------------------------------------------------------------------------------
     def sample_arch(self, step: int) -> dict[str, str]:
-        """The path of training step ``step``: uniform within the budget, a function of ``(seed, step)`` only."""
-        return self.sampler.sample(np.random.default_rng([self.cfg.seed, int(step)]))
+        """The path of training step ``step``: uniform within the budget, a function of ``(seed, step)`` only.
+
+        The paths of ``PATH_CHUNK`` consecutive steps are drawn together and kept until a step of another chunk
+        is asked for.
+        """
+        chunk, index = divmod(int(step), PATH_CHUNK)
+        if self._chunk[0] != chunk:
+            rng = np.random.default_rng([self.cfg.seed, 1, chunk])
+            self._chunk = (chunk, self.sampler.sample_many(PATH_CHUNK, rng))
+        return dict(self._chunk[1][index])
 
     @property
     def choice_counts(self) -> dict[str, dict[str, int]]:
@@ -239,13 +261,15 @@ class SposSupernetModule(pl.LightningModule):
                  sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.dim() > 1 else no_decay).append(p)
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr,
-                              momentum=self.cfg.momentum)
+        # One group per unit of the supernet: the step visits the path's parameters only (PathSGD).
+        groups = unit_param_groups(self.supernet.compile_targets(), self.cfg.weight_decay)
+        grouped = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in grouped]
+        if rest:   # outside every unit (none in the hwnas spaces): one group each, always active when used
+            groups += unit_param_groups([_Holder(p) for p in rest], self.cfg.weight_decay)
+        # foreach: torch's default on CUDA only; on a CPU it updates a path's parameters in about 60% of the time
+        # of the per-tensor loop, with the same arithmetic (tests/unit/test_path_sgd.py: bit-identical)
+        opt = PathSGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, foreach=True)
         total = int(self.trainer.estimated_stepping_batches)
         warmup, schedule = self.cfg.warmup_steps, self.cfg.schedule
 
@@ -258,7 +282,7 @@ class SposSupernetModule(pl.LightningModule):
     # -- checkpoint ---------------------------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         budget = self.sampler.budget
-        return {"labels": list(self.supernet.labels), "max_ms": float(budget.max_ms),
+        return {"sampling": SAMPLING_SCHEME, "labels": list(self.supernet.labels), "max_ms": float(budget.max_ms),
                 "min_ms": None if budget.min_ms is None else float(budget.min_ms), "seed": int(self.cfg.seed),
                 "space_config": {k: v for k, v in dataclasses.asdict(self.supernet.space.config).items()}}
 
@@ -277,6 +301,14 @@ class SposSupernetModule(pl.LightningModule):
                              + ", ".join(f"{k}: checkpoint {state.get(k)!r} vs run {mine[k]!r}" for k in diff))
         self._counts = state["counts"].numpy().astype(np.int64).copy()
         self._lat_sum, self._lat_n = float(state["lat_sum"]), int(state["lat_n"])
+
+
+class _Holder(nn.Module):
+    """One loose parameter as a unit of its own."""
+
+    def __init__(self, p: nn.Parameter):
+        super().__init__()
+        self.p = p
 
 
 class SubnetEvaluator:

@@ -148,3 +148,27 @@ def test_lr_schedule_decays_linearly_to_zero():
     assert [_lr_factor(s, 10, 0, "linear") for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
     assert _lr_factor(0, 10, 2, "cosine") == 0.5 and _lr_factor(2, 10, 2, "cosine") == 1.0
     assert np.isclose(_lr_factor(10, 10, 2, "cosine"), 0.0)
+
+
+def test_paths_do_not_depend_on_the_order_steps_are_asked_for(space, table, budget):
+    # paths are drawn PATH_CHUNK at a time; step t's path is the same whichever steps were asked before
+    from hwnas.oneshot._spos import PATH_CHUNK
+
+    ordered = SposSupernetModule(space, BudgetedSampler(table, budget), SupernetConfig(seed=3))
+    reference = {t: ordered.sample_arch(t) for t in range(PATH_CHUNK + 5)}
+    jumping = SposSupernetModule(space, BudgetedSampler(table, budget), SupernetConfig(seed=3))
+    for t in (PATH_CHUNK + 4, 5, PATH_CHUNK - 1, 0, PATH_CHUNK, 5):
+        assert jumping.sample_arch(t) == reference[t]
+    assert reference[0] != reference[PATH_CHUNK] or reference[1] != reference[PATH_CHUNK + 1]
+
+
+def test_checkpoint_of_another_sampling_scheme_is_refused(space, table, budget):
+    from hwnas.errors import HwnasError
+
+    module = SposSupernetModule(space, BudgetedSampler(table, budget))
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    module.on_load_checkpoint(checkpoint)   # its own loads
+    checkpoint["hwnas_spos"].pop("sampling")   # as written before paths were drawn in chunks
+    with pytest.raises(HwnasError, match="sampling"):
+        module.on_load_checkpoint(checkpoint)
