@@ -106,7 +106,7 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
                                    rules=rules)
         bare = InNetworkModel(rules, 0, model.regressors, model.specs)
-        bare.overhead = _refit_overhead(bare, train)
+        bare.fit_network_term([r["trace"].graph for r in train], [r["measured_ms"] for r in train])
         absorbed = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
                                       rules=rules, absorb_layout=True)
         for r in rows:
@@ -130,13 +130,6 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     return {"rules_by_family": rules_by_family}
 
 
-def _refit_overhead(model: Any, train: list[dict[str, Any]]) -> tuple[float, float]:
-    x = [len(model.kernels(r["trace"].graph)) for r in train]
-    y = [r["measured_ms"] - float(model.kernel_latencies(model.kernels(r["trace"].graph)).sum()) for r in train]
-    b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
-    return float(a), float(max(b, 0.0))
-
-
 def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int) -> None:
     from hwnas.builder import InNetworkModel, derive_fusion_rules
 
@@ -152,7 +145,8 @@ def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: in
                                absorb_layout=True)
     notes = {"in_network": {"networks": len(rows), "families": sorted({r["family"] for r in rows}),
                             "end_to_end_passes": passes, "fusion_rule_evidence": stats,
-                            "overhead_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1]},
+                            "network_term_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1],
+                                                "c_per_mweight": model.overhead[2]},
                             "benchmark": "experiments/benchmarks/in_network.py"}}
     out = model.write(path, fp, notes=notes)
     print(f"predictor written: {out} ({len(model.specs)} kernel types, rules {model.rules})")

@@ -108,6 +108,30 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5) -> 
     return FusionRules(kept), stats
 
 
+
+def _priced(k: Kernel) -> bool:
+    return not (k.ops and all(op in ("dropout", "identity") for op in k.ops))
+
+
+def _terms(kernels: Sequence[Kernel]) -> tuple[float, float]:
+    """(priced kernels, their weights in millions): the quantities of the network term."""
+    priced = [k for k in kernels if _priced(k)]
+    return float(len(priced)), float(sum(k.features["params"] for k in priced))
+
+
+def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least squares of ``y`` (measured − kernel sum, ms) on ``[1, kernels, Mweights]``; the slopes are kept
+    >= 0 (a kernel or a weight never makes a network faster), the intercept is free."""
+    from scipy.optimize import lsq_linear
+
+    if len(y) == 0:
+        return 0.0, 0.0, 0.0
+    if len(y) < 3:
+        return float(np.median(y)), 0.0, 0.0
+    res = lsq_linear(x, y, bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, np.inf]))
+    return float(res.x[0]), float(res.x[1]), float(res.x[2])
+
+
 @dataclasses.dataclass
 class InNetworkModel:
     """Regressors fitted on in-network kernel labels, and a per-network overhead line.
@@ -121,7 +145,9 @@ class InNetworkModel:
     regressors, specs : dict
         Per kernel type, the regressor and its ``{"features", "target", "unit_feature"}``.
     overhead : tuple of float
-        ``(a, b)``: a network costs ``a + b * kernels`` ms on top of its kernels.
+        ``(a, b, c)``: a network costs ``a + b * kernels + c * weights`` ms on top of its kernels (``kernels``
+        counts the priced ones, ``weights`` is the total of their ``params`` feature, in millions). Both are sums
+        over kernels, so the term is additive over a search space's blocks and latency tables stay exact.
     absorb_layout : bool
         Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
     """
@@ -130,7 +156,7 @@ class InNetworkModel:
     block: int
     regressors: dict[str, Any]
     specs: dict[str, dict[str, Any]]
-    overhead: tuple[float, float] = (0.0, 0.0)
+    overhead: tuple[float, float, float] = (0.0, 0.0, 0.0)
     absorb_layout: bool = False
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -157,18 +183,18 @@ class InNetworkModel:
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
         model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout)
         truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
-        x, y = [], []
-        for t, meas in zip(traces, truth):
-            kernels = model.kernels(t.graph)
-            x.append(len(kernels))
-            y.append(meas - float(model.kernel_latencies(kernels).sum()))
-        if len(x) >= 2 and len(set(x)) >= 2:
-            b, a = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
-            model.overhead = (float(a), float(max(b, 0.0)))
-        elif y:
-            model.overhead = (float(np.median(y)), 0.0)
-        model.fallbacks = {}
+        model.fit_network_term([t.graph for t in traces], truth)
         return model
+
+    def fit_network_term(self, graphs: Sequence[OpGraph], measured_ms: Sequence[float]) -> None:
+        """Fit :attr:`overhead` on networks' end-to-end latencies (ms) against their kernel sums."""
+        x, y = [], []
+        for g, meas in zip(graphs, measured_ms):
+            kernels = self.kernels(g)
+            x.append([1.0, *_terms(kernels)])
+            y.append(float(meas) - float(self.kernel_latencies(kernels).sum()))
+        self.overhead = _fit_overhead(np.asarray(x), np.asarray(y))
+        self.fallbacks = {}
 
     def kernels(self, graph: OpGraph) -> list[Kernel]:
         """The graph's kernels under the rules, plus the predicted layout conversions."""
@@ -195,7 +221,7 @@ class InNetworkModel:
         out = np.zeros(len(kernels))
         by: dict[str, list[int]] = {}
         for i, k in enumerate(kernels):
-            if k.ops and all(op in ("dropout", "identity") for op in k.ops):
+            if not _priced(k):
                 continue
             by.setdefault(self._spec_for(k.type), []).append(i)
         for ktype, idx in by.items():
@@ -207,18 +233,20 @@ class InNetworkModel:
             out[idx] = apply_target(spec["target"], raw, unit)
         return out
 
+    def network_ms(self, kernels: Sequence[Kernel]) -> float:
+        """Latency of a network made of ``kernels``: their sum and the network term, ms."""
+        a, b, c = self.overhead
+        n, params = _terms(kernels)
+        return float(self.kernel_latencies(kernels).sum() + a + b * n + c * params)
+
     def predict(self, graph: OpGraph) -> float:
         """Latency of the network ``graph``, ms."""
-        kernels = self.kernels(graph)
-        a, b = self.overhead
-        return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
+        return self.network_ms(self.kernels(graph))
 
     def predict_groups(self, trace: NodeTrace) -> float:
         """Latency of a traced network priced on the kernels ONNX Runtime really ran and its real conversions
         (the fusion and layout known exactly: what is left is the regressors' error), ms."""
-        kernels = [k for k, _ in trace_labels(trace, self.absorb_layout)]
-        a, b = self.overhead
-        return float(self.kernel_latencies(kernels).sum() + a + b * len(kernels))
+        return self.network_ms([k for k, _ in trace_labels(trace, self.absorb_layout)])
 
 
     def write(self, path: Any, fp: dict[str, Any], *, name: str | None = None, notes: dict[str, Any] | None = None
@@ -226,8 +254,8 @@ class InNetworkModel:
         """Write this model as a predictor directory of backend ``onnxruntime-cpu`` for the machine with
         fingerprint ``fp`` (the machine the traces were taken on); returns its path.
 
-        The overhead line goes into the calibration: ``a`` as the per-call overhead, ``b`` as a per-kernel term
-        of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
+        The network term goes into the calibration: ``a`` as the per-call overhead, ``b`` and ``c`` as the
+        per-kernel and per-million-weights terms of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
         prefix fallback: a type the labels never showed raises ``UnknownKernelError`` when priced). Conversion
         kernels need ``absorb_layout`` (the predictor prices the network's own kernels).
         """
@@ -240,7 +268,7 @@ class InNetworkModel:
         if self.block:
             raise ValueError("a predictor prices the network's own kernels: fit with block=0 and absorb_layout")
         types = sorted(t for t in self.specs if t != POOLED)
-        a, b = self.overhead
+        a, b, c = self.overhead
         meta = {
             "name": name or default_name("onnxruntime-cpu", fp), "version": utc_now()[:10].replace("-", "."),
             "backend": "onnxruntime-cpu", "device": {"description": describe(fp), "fingerprint": fp},
@@ -248,11 +276,11 @@ class InNetworkModel:
             "units": "ms",
             "protocol": {"labels": "in-network: ONNX Runtime profiles of whole networks (median node time over the "
                                    "profiled runs), layout conversions in the kernel on their plain side",
-                         "overhead": "a + b * kernels fitted on end-to-end medians"},
+                         "overhead": "a + b * kernels + c * Mweights, fitted on end-to-end medians"},
             "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
             "model_overhead_ms": float(max(a, 0.0)), "kernels": {t: self.specs[t] for t in types},
             "calibration": {"intercept_ms": 0.0, "kernel_scale": {},
-                            "kernel_terms": {t: {"per_kernel": float(b)} for t in types}},
+                            "kernel_terms": {t: {"per_kernel": float(b), "per_mparam": float(c)} for t in types}},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
         }
         return write_predictor(path, meta, {t: self.regressors[t] for t in types})
