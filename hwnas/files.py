@@ -3,6 +3,9 @@
 - :func:`atomic_write` — the whole file or nothing: a temporary file in the same folder, flushed and
   ``fsync``-ed, given the permissions of a plainly created file (``0o666`` less the umask), renamed over the
   target, the folder synced; on any error the temporary file is removed and the target is untouched.
+  :func:`atomic_path` is the same for writers that need a file name or check the file before it replaces the
+  target (the exporters); :func:`copy_tree` copies a folder so that the target is the old folder or the whole
+  copy (registering a predictor).
 - :func:`append_jsonl` — one record, one line, one ``write`` (flushed; ``fsync`` on request).
 - :func:`read_jsonl` — the records of such a file. A line that is not a record is an error naming the file and
   the line, except a torn last line (no newline after it: a writer killed mid-write), which is dropped with a
@@ -17,22 +20,28 @@ Limitations
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from hwnas.errors import StoreError
 
-__all__ = ["append_jsonl", "atomic_write", "read_jsonl"]
+__all__ = ["append_jsonl", "atomic_path", "atomic_write", "copy_tree", "read_jsonl"]
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO], Any]) -> Path:
@@ -52,16 +61,44 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
         ``path``.
     """
     path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file next to ``path`` to write under; it replaces ``path`` when the block ends without an error.
+
+    For writers that need a file name (``torch.onnx.export``, ``torch.jit.save``) or check the written file
+    before it replaces the target. When the block ends, the file is ``fsync``-ed, given the permissions of a
+    plainly created file and renamed over ``path`` (the folder synced); when the block raises, the temporary file
+    is removed and ``path`` is untouched. :func:`atomic_write` is this with the content given.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The target; its folder is created if missing.
+
+    Yields
+    ------
+    Path
+        The temporary file (created empty, in ``path``'s folder).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, _file_mode())   # mkstemp makes 0600; a result file is as shareable as any other
         os.replace(tmp, path)
     except BaseException:
@@ -69,7 +106,55 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
             os.unlink(tmp)
         raise
     _sync_dir(path.parent)
-    return path
+
+
+def copy_tree(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy the folder ``src`` to ``dest`` so that ``dest`` is never a partial copy.
+
+    The copy goes to a temporary folder next to ``dest`` (every file ``fsync``-ed), which then takes the place of
+    ``dest``: an existing ``dest`` is moved aside first (put back if the swap fails) and removed afterwards. On any
+    error before the swap the temporary folder is removed and ``dest`` is untouched.
+
+    Parameters
+    ----------
+    src, dest : str or path-like
+        Folders; ``dest``'s parent is created if missing.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+    """
+    src, dest = Path(src), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        for file in tmp.rglob("*"):
+            if file.is_file() and not file.is_symlink():
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700; give it a plain mkdir's permissions
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".old"))
+            os.replace(dest, old / dest.name)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old / dest.name, dest)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _sync_dir(dest.parent)
+    return dest
 
 
 def _sync_dir(folder: Path) -> None:

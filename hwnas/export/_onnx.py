@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from hwnas.files import atomic_path
 
 from ._common import ExportError, check_input_shape, first_line, max_abs_diff, quiet_deprecations, reserve_output
 
@@ -100,40 +101,37 @@ def export_onnx(model: Any, path: str | os.PathLike, input_shape: Sequence[int],
         inputs.append(torch.randn((shape[0] + 1, *shape[1:]), generator=gen))
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        with torch.no_grad():
-            reference = [model(x) for x in inputs]
-        n_out = len(_flat(reference[0]))
-        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-        dynamic_axes = {name: {0: "batch"} for name in ["input", *output_names]} if dynamic_batch else None
-        try:
-            with quiet_deprecations(), torch.no_grad():
-                torch.onnx.export(model, (inputs[0],), tmp, dynamo=False, opset_version=int(opset),
-                                  input_names=["input"], output_names=output_names, dynamic_axes=dynamic_axes,
-                                  do_constant_folding=False)   # BatchNorm kept: see the module docstring
-        except Exception as e:  # noqa: BLE001 - named and chained
-            raise ExportError(f"torch.onnx.export failed for {str(out)!r}: {first_line(e)}") from e
-        proto = onnx.load(tmp)
-        if metadata is not None:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = "hwnas", json.dumps(dict(metadata), sort_keys=True)
-            onnx.save(proto, tmp)
-        try:
-            onnx.checker.check_model(tmp, full_check=True)
-        except Exception as e:  # noqa: BLE001 - named and chained
-            raise ExportError(f"onnx.checker rejects the export of {str(out)!r}: {first_line(e)}") from e
-        diff = _ort_parity(tmp, inputs, reference, out)
-        if not diff <= atol:
-            raise ExportError(f"ONNX parity check failed for {str(out)!r}: ONNX Runtime differs from torch by "
-                              f"{diff:.3g} (atol {atol:g}); nothing was written")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp_path:
+            tmp = str(tmp_path)
+            with torch.no_grad():
+                reference = [model(x) for x in inputs]
+            n_out = len(_flat(reference[0]))
+            output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+            dynamic_axes = {name: {0: "batch"} for name in ["input", *output_names]} if dynamic_batch else None
+            try:
+                with quiet_deprecations(), torch.no_grad():
+                    torch.onnx.export(model, (inputs[0],), tmp, dynamo=False, opset_version=int(opset),
+                                      input_names=["input"], output_names=output_names, dynamic_axes=dynamic_axes,
+                                      do_constant_folding=False)   # BatchNorm kept: see the module docstring
+            except Exception as e:  # noqa: BLE001 - named and chained
+                raise ExportError(f"torch.onnx.export failed for {str(out)!r}: {first_line(e)}") from e
+            proto = onnx.load(tmp)
+            if metadata is not None:
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = "hwnas", json.dumps(dict(metadata), sort_keys=True)
+                onnx.save(proto, tmp)
+            try:
+                onnx.checker.check_model(tmp, full_check=True)
+            except Exception as e:  # noqa: BLE001 - named and chained
+                raise ExportError(f"onnx.checker rejects the export of {str(out)!r}: {first_line(e)}") from e
+            diff = _ort_parity(tmp, inputs, reference, out)
+            if not diff <= atol:
+                raise ExportError(f"ONNX parity check failed for {str(out)!r}: ONNX Runtime differs from torch by "
+                                  f"{diff:.3g} (atol {atol:g}); nothing was written")
     finally:
         for m, training in modes:
             m.training = training
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return OnnxExport(path=str(out), opset=int(opset), parity_max_abs_diff=diff, parity_atol=float(atol))
 
 

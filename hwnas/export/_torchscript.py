@@ -20,11 +20,11 @@ import copy
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hwnas.errors import ArchitectureError
+from hwnas.files import atomic_path
 
 from ._common import (ExportError, check_input_shape, first_line, max_abs, max_abs_diff, quiet_deprecations,
                       reserve_output, writable_dir)
@@ -348,9 +348,8 @@ def _save_checked(compiled: Any, eager: Any, inputs: list[Any], out: Path, text:
     """
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp_path:
+        tmp = str(tmp_path)
         try:
             with quiet_deprecations():
                 torch.jit.save(compiled, tmp, _extra_files={METADATA_FILE: text})
@@ -370,10 +369,6 @@ def _save_checked(compiled: Any, eager: Any, inputs: list[Any], out: Path, text:
         if not diff <= atol:
             raise ExportError(f"parity check failed for {str(out)!r}: the loaded file differs from the eager model "
                               f"by {diff:.3g} (atol {atol:g}, outputs up to {scale:.3g}); nothing was written")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return diff, scale
 
 

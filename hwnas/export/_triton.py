@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hwnas.files import atomic_path, atomic_write
+
 from ._common import ExportError, check_input_shape, first_line, output_tensors, quiet_deprecations, writable_dir
 
 __all__ = ["TritonConfig", "TritonTensor", "check_model_name", "validate_triton_config", "write_triton_repo"]
@@ -297,10 +299,11 @@ def write_triton_repo(model: Any, repo_dir: str | os.PathLike, name: str, input_
     version_dir = model_dir / str(int(version))
     version_dir.mkdir(parents=True, exist_ok=True)
     target = version_dir / config.default_model_filename
-    if source is not None:
-        shutil.copyfile(source, target)
-    else:
-        with quiet_deprecations():
-            torch.jit.save(module, os.fspath(target))
-    (model_dir / "config.pbtxt").write_text(text)
+    with atomic_path(target) as tmp:
+        if source is not None:
+            shutil.copyfile(source, tmp)
+        else:
+            with quiet_deprecations():
+                torch.jit.save(module, os.fspath(tmp))
+    atomic_write(model_dir / "config.pbtxt", text)
     return model_dir

@@ -86,7 +86,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -95,6 +94,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from hwnas.errors import PredictorFileError
+from hwnas.files import atomic_write
 from hwnas.predictor._regressors import REGRESSOR_KINDS, TARGETS
 
 __all__ = ["SCHEMA_VERSION", "write_predictor", "read_predictor", "sha256_file", "predictor_checksum"]
@@ -195,13 +195,13 @@ def write_predictor(path: str | os.PathLike, metadata: Mapping[str, Any],
             for name, data in ((_NPZ, npz), (_JSON, text)):
                 zf.writestr(_zip_info(name, zipfile.ZIP_STORED if name == _NPZ else zipfile.ZIP_DEFLATED), data)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
     else:
         if path.exists() and not path.is_dir():
             raise ValueError(f"{path} exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / _NPZ, npz)
-        _atomic_write(path / _JSON, text)
+        atomic_write(path / _NPZ, npz)
+        atomic_write(path / _JSON, text)
     return path
 
 
@@ -229,21 +229,6 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
             with zf.open(_zip_info(key + ".npy", zipfile.ZIP_DEFLATED), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(arrays[key]), allow_pickle=False)
     return buf.getvalue()
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from hwnas.device import describe, explain_differences, fingerprint, isa_level, same_device
 from hwnas.errors import PredictorFileError
+from hwnas.files import copy_tree
 
 #: The name that asks for the predictor of this machine.
 AUTO = "auto"
@@ -209,10 +209,4 @@ def register_predictor(path: str | os.PathLike, *, replace: bool = False) -> Pat
     dest = user_dir() / name
     if dest.resolve() == src.resolve():
         return dest
-    tmp = user_dir() / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
+    return copy_tree(src, dest)

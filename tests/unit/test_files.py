@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from hwnas.errors import StoreError
-from hwnas.files import append_jsonl, atomic_write, read_jsonl
+from hwnas.files import append_jsonl, atomic_path, atomic_write, copy_tree, read_jsonl
 
 
 def test_atomic_write_text_bytes_and_writer(tmp_path):
@@ -36,6 +36,45 @@ def test_atomic_write_failure_keeps_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(RuntimeError, match="killed"):
         atomic_write(path, boom)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_atomic_path_replaces_on_success_and_leaves_the_target_on_failure(tmp_path):
+    path = tmp_path / "sub" / "m.bin"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and tmp.is_file() and not path.exists()
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and sorted(p.name for p in path.parent.iterdir()) == ["m.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    with pytest.raises(ValueError, match="parity"):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"bad")
+            raise ValueError("parity check failed")
+    assert path.read_bytes() == b"new" and sorted(p.name for p in path.parent.iterdir()) == ["m.bin"]
+
+
+def test_copy_tree_replaces_a_folder_whole_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    src, dest = tmp_path / "src", tmp_path / "reg" / "p"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.json").write_text("new")
+    (src / "sub" / "b.npz").write_bytes(b"\x01")
+    dest.mkdir(parents=True)
+    (dest / "stale.txt").write_text("old")
+    assert copy_tree(src, dest) == dest
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["a.json", "sub", "sub/b.npz"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["p"]   # no temporary or old folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("shutil.copytree", broken)
+    with pytest.raises(OSError, match="disk full"):
+        copy_tree(src, dest)
+    assert (dest / "a.json").read_text() == "new" and sorted(p.name for p in dest.parent.iterdir()) == ["p"]
 
 
 def test_jsonl_round_trip_and_missing_file(tmp_path):
