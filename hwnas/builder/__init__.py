@@ -5,9 +5,9 @@ Public API (everything else is private machinery and may change):
 - :func:`measure_latency` — a model's latency in ms on a backend; :func:`measure` keeps the raw run times.
 - :func:`list_backends` — registered backend names (``onnxruntime-cpu``, ``torchscript-cpu``, ``torchscript-cuda``);
   :func:`backend_status` — each with whether it runs on this machine and why not (``hwnas list-backends``).
-- :func:`check_input_shape` — the one check of an input shape (>= 2 positive ints, batch first;
-  :class:`~hwnas.errors.InputShapeError`); :func:`quiet_deprecations` — hides torch's jit/ONNX-export deprecation
-  notices within a block, every other warning stays.
+- :func:`check_input_shape` — :func:`hwnas.graph.check_input_shape`, the one check of an input shape (>= 2
+  positive ints, batch first; :class:`~hwnas.errors.InputShapeError`); :func:`quiet_deprecations` — hides
+  torch's jit/ONNX-export deprecation notices within a block, every other warning stays.
 - :class:`MeasureProtocol`, :data:`DEFAULT_PROTOCOL` — how a latency is measured, as data;
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload (a diagnostic; nothing rescales
   predictions by it).

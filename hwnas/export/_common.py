@@ -23,9 +23,9 @@ def first_line(e: BaseException) -> str:
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """A tuple of >= 2 positive ints (batch first), else :class:`ExportError` naming the shape.
 
-    The check is :func:`hwnas.builder.check_input_shape`'s; only the error type is the exporters'.
+    The check is :func:`hwnas.graph.check_input_shape`'s (the one check); only the error type is the exporters'.
     """
-    from hwnas.builder import check_input_shape as check
+    from hwnas.graph import check_input_shape as check
     from hwnas.errors import InputShapeError
 
     try:
