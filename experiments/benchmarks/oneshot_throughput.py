@@ -13,11 +13,23 @@ split), same device, in one process:
   ``--arch-every`` steps, reference default 5, binary gradients ``full``) or ``SposSupernetModule`` on the
   shared harness (bf16 autocast and channels_last on CUDA, data resident on the device, optional
   ``--compile``).
+- plain path (SPOS, not with ``--compile``): after every step of a supernet (hwnas's, and NNI's
+  ``RandomOneShot``, whose sample is recorded from its ``resample``), the path that step trained is built as a
+  plain module (``search_spaces.build_subnet``: stem, exactly the chosen blocks, head; no NNI class, no
+  supernet) and trained in a bare PyTorch loop on the same batch, one untimed step, then the timed one (SGD
+  with the supernet's momentum, weight decay and label smoothing, same precision and layout). Interleaved step
+  by step, so both see the same machine (a core shared with other work slows both alike), and timed on two
+  clocks, wall and process CPU time (``--clock`` picks the one of the table and the last line). The goal:
+  hwnas's SPOS step at most ``SPOS_PLAIN_LIMIT`` (1.15) times its plain path; the run ends with the line
+  ``spos step / plain path xR.RR``.
 
 Timing: ``--warmup-steps`` untimed steps, then ``--steps`` timed ones (device synchronised at both ends).
 Throughput is training images per second (the weight batches); architecture-batch images are counted apart.
 
     python -m experiments.benchmarks.oneshot_throughput                       # CPU, small
+    python -m experiments.benchmarks.oneshot_throughput --quick               # SPOS vs plain path, < 3 min
+    python -m experiments.benchmarks.oneshot_throughput --method both --image-size 32 --batch-size 64 \
+        --steps 20 --threads 1                                                # the SPOS goal's setting, CPU
     python -m experiments.benchmarks.oneshot_throughput --device cuda --batch-size 256 --image-size 32 \
         --width-mult 1.0 --data random --steps 50 --method both
     python -m experiments.benchmarks.oneshot_throughput --precision bf16-mixed --channels-last --compile \
@@ -30,6 +42,7 @@ Throughput is training images per second (the weight batches); architecture-batc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import warnings
@@ -37,6 +50,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+SPOS_PLAIN_LIMIT = 1.15
+"""Goal of issue 17: SPOS supernet step time at most this many times its plain path's."""
+QUICK = {"method": "both", "image_size": 32, "batch_size": 64, "steps": 6, "warmup_steps": 2}
+"""What ``--quick`` sets (the SPOS goal's setting with few steps)."""
 
 
 @dataclass
@@ -50,6 +68,9 @@ class Measurement:
     precision: str
     channels_last: bool = False
     compile: str = "off"
+    paths: list | None = None   # SPOS: the architectures of the warm-up and timed steps, in order
+    wall_over_plain: float | None = None   # SPOS pipelines timed with their plain paths: both clocks' ratios
+    cpu_over_plain: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -115,8 +136,9 @@ def _space(args: argparse.Namespace, method: str) -> Any:
                            num_classes=10, width_mult=args.width_mult)
 
 
-def run_nni(args: argparse.Namespace, method: str, device: torch.device) -> Measurement:
-    """NNI 3.0's stock one-shot pipeline (see the module docstring)."""
+def run_nni(args: argparse.Namespace, method: str, device: torch.device, plain: bool = False) -> Any:
+    """NNI 3.0's stock one-shot pipeline (see the module docstring); with ``plain`` (SPOS), also its paths as plain
+    modules, interleaved: then ``(measurement, plain measurement)``."""
     import nni
     from nni.nas.evaluator.pytorch import Classification
     from nni.nas.strategy import Proxyless, RandomOneShot
@@ -125,7 +147,9 @@ def run_nni(args: argparse.Namespace, method: str, device: torch.device) -> Meas
     weight, arch = _data(args)
     torch.manual_seed(0)
     space = _space(args, method)
-    timer = _timer_callback(args.warmup_steps, args.steps, device)
+    recorder = _sample_recorder()
+    timer = (_alongside_callback(args, device, args.nni_precision, False, lambda module, step: recorder.samples[-1])
+             if plain else _timer_callback(args.warmup_steps, args.steps, device))
     pin = device.type == "cuda"
     loader = nni.trace(DataLoader)
     evaluator = Classification(
@@ -134,18 +158,45 @@ def run_nni(args: argparse.Namespace, method: str, device: torch.device) -> Meas
         val_dataloaders=loader(arch, batch_size=args.batch_size, shuffle=True, drop_last=True, pin_memory=pin),
         max_epochs=10_000, limit_val_batches=0, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision=args.nni_precision, enable_progress_bar=False, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, callbacks=[timer])
+        enable_model_summary=False, callbacks=[recorder, timer])
     strategy = Proxyless() if method == "proxyless" else RandomOneShot()
     model = strategy.mutate_model(space)
     strategy.mutate_evaluator(evaluator).evaluate(model)
     steps = args.steps
     arch_images = steps * args.batch_size if method == "proxyless" else 0   # an architecture step every step
+    if plain:
+        return _side_by_side(Measurement(method, "NNI 3.0 stock", steps, 0.0, steps * args.batch_size, 0,
+                                         args.nni_precision), timer, args.clock)
     return Measurement(method, "NNI 3.0 stock", steps, timer.end - timer.start, steps * args.batch_size, arch_images,
                        args.nni_precision)
 
 
-def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Measurement:
-    """hwnas's one-shot module on the shared harness."""
+def _sample_recorder() -> Any:
+    """A Lightning callback that records the architecture NNI's one-shot module samples at every training step
+    (``samples``: label to choice name, in step order), by wrapping the module's ``resample``."""
+    import pytorch_lightning as pl
+
+    class Recorder(pl.Callback):
+        def __init__(self) -> None:
+            self.samples: list[dict[str, str]] = []
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            resample = pl_module.resample
+
+            def recorded() -> Any:
+                sample = resample()
+                if trainer.training:   # RandomOneShot also resamples in validation steps
+                    self.samples.append({str(k): str(v) for k, v in sample.items()})
+                return sample
+
+            pl_module.resample = recorded
+
+    return Recorder()
+
+
+def run_hwnas(args: argparse.Namespace, method: str, device: torch.device, plain: bool = False) -> Any:
+    """hwnas's one-shot module on the shared harness; with ``plain`` (SPOS), also its paths as plain modules,
+    interleaved: then ``(measurement, plain measurement)``."""
     import pytorch_lightning as pl
 
     import hwnas
@@ -179,11 +230,106 @@ def run_hwnas(args: argparse.Namespace, method: str, device: torch.device) -> Me
 
         module = SposSupernetModule(space, BudgetedSampler(table, LatencyBudget(max_ms=table.max_latency())))
         data, arch_images = train, 0
-    timer = _timer_callback(args.warmup_steps, args.steps, device)
+    precision = resolve_precision(cfg)
+    # one optimizer step per batch: the step-th batch trained the path of global step ``step``
+    timer = (_alongside_callback(args, device, precision, cl, lambda module, step: module.sample_arch(step))
+             if plain else _timer_callback(args.warmup_steps, args.steps, device))
     fit(module, data, None, cfg, callbacks=[timer])
+    if plain:
+        return _side_by_side(Measurement(method, "hwnas", args.steps, 0.0, args.steps * args.batch_size, 0, precision,
+                                         cl), timer, args.clock)
     return Measurement(method, "hwnas", args.steps, timer.end - timer.start, args.steps * args.batch_size,
-                       arch_images, resolve_precision(cfg), cfg.uses_channels_last,
-                       args.compile_backend if args.compile else "off")
+                       arch_images, precision, cl, args.compile_backend if args.compile else "off")
+
+
+def _clocks(device: torch.device) -> tuple[float, float]:
+    """(wall s, process CPU s), the device synchronised first."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
+def _alongside_callback(args: argparse.Namespace, device: torch.device, precision: str, channels_last: bool,
+                        path_of: Any) -> Any:
+    """Times a SPOS pipeline and, interleaved with it, each step's path as a plain module (stops training after).
+
+    After every training step of the pipeline, ``path_of(pl_module, step)`` gives the path it just trained; that
+    path is built as a plain module (``search_spaces.build_subnet`` of a freshly seeded space: stem, exactly the
+    chosen blocks, head; untimed) and trained two steps in a bare PyTorch loop on the same batch (SGD with the
+    supernet's lr, momentum and weight decay on conv/linear weights, label smoothing 0.1, ``precision`` and
+    layout), of which the second is timed: the steady-state step of a fixed plain network, its weights and
+    momentum buffers just used (the supernet's path weights were last used steps ago). Pipeline time: from the
+    end of one training step to the end of the next (everything the pipeline does per step), less the work of
+    this callback. Both on two clocks: wall and process CPU time (the CPU clock
+    is not charged for time the process waits for a core another process holds).
+    """
+    import pytorch_lightning as pl
+    from torch.nn import functional as F
+
+    import search_spaces as ss
+    from hwnas.oneshot import SupernetConfig
+
+    warmup, steps = args.warmup_steps, args.steps
+    torch.manual_seed(0)
+    space = _space(args, "spos")
+    sgd = SupernetConfig()
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed"
+           else contextlib.nullcontext())
+
+    class Alongside(pl.Callback):
+        def __init__(self) -> None:
+            self.seen = 0
+            self.mark: tuple[float, float] | None = None
+            self.pipeline = [0.0, 0.0]
+            self.plain = [0.0, 0.0]
+            self.paths: list[dict[str, str]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            now = _clocks(device)
+            if self.seen >= warmup + 1:
+                self.pipeline = [t + n - m for t, n, m in zip(self.pipeline, now, self.mark)]
+            arch = path_of(pl_module, self.seen)
+            self.paths.append(arch)
+            self.seen += 1
+            net = ss.build_subnet(space, arch).to(device).train()
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+            opt = torch.optim.SGD([{"params": [p for p in net.parameters() if p.dim() > 1],
+                                    "weight_decay": sgd.weight_decay},
+                                   {"params": [p for p in net.parameters() if p.dim() <= 1], "weight_decay": 0.0}],
+                                  lr=sgd.lr, momentum=sgd.momentum)
+            x, y = batch[0], batch[1]
+
+            def step() -> None:
+                with amp:
+                    loss = F.cross_entropy(net(x), y, label_smoothing=sgd.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            step()   # untimed: the timed step is a steady-state one (momentum buffers made, memory touched)
+            start = _clocks(device)
+            step()
+            end = _clocks(device)
+            if self.seen > warmup:
+                self.plain = [t + e - b for t, e, b in zip(self.plain, end, start)]
+            if self.seen == warmup + steps:
+                trainer.should_stop = True
+            del net, opt
+            self.mark = _clocks(device)
+
+    return Alongside()
+
+
+def _side_by_side(m: Measurement, cb: Any, clock: str) -> tuple[Measurement, Measurement]:
+    """The pipeline's and its plain paths' measurements from an :func:`_alongside_callback` (``clock`` chosen)."""
+    i = 0 if clock == "wall" else 1
+    m.seconds, m.paths = cb.pipeline[i], cb.paths
+    plain = Measurement("spos", "plain path" if m.pipeline == "hwnas" else "plain path/NNI", m.steps, cb.plain[i],
+                        m.train_images, 0, m.precision, m.channels_last)
+    m.cpu_over_plain = cb.pipeline[1] / cb.plain[1]
+    m.wall_over_plain = cb.pipeline[0] / cb.plain[0]
+    return m, plain
 
 
 def _raise_recompile_limit(limit: int = 256) -> None:
@@ -230,6 +376,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend with --compile (inductor; aot_eager for a quick check of the path)")
     p.add_argument("--skip-nni", action="store_true", help="time hwnas only (e.g. NNI's stock pipeline absent)")
+    p.add_argument("--plain-path", action=argparse.BooleanOptionalAction, default=True,
+                   help="SPOS: also time the sampled paths as plain modules, interleaved (not with --compile)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="SPOS side by side: the clock of the table and the last line (both ratios are printed; "
+                        "cpu: process CPU time, for a core shared with other work)")
+    p.add_argument("--quick", action="store_true",
+                   help="the SPOS goal's setting in under 3 minutes: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                                 for k, v in QUICK.items()))
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows and settings as JSON")
     p.add_argument("--threads", type=int, default=None)
     return p
@@ -245,19 +399,33 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("nni").setLevel(logging.ERROR)
     device = torch.device(args.device)
     methods = ("proxyless", "spos") if args.method == "both" else (args.method,)
-    rows = []
+    rows, ratios = [], {}
     for method in methods:
-        if not args.skip_nni:
-            rows.append(row(run_nni(args, method, device)))
-        rows.append(row(run_hwnas(args, method, device)))
+        plain = method == "spos" and args.plain_path and not args.compile
+        for pipeline, run in (("nni", run_nni), ("spos", run_hwnas)):
+            if pipeline == "nni" and args.skip_nni:
+                continue
+            if not plain:
+                rows.append(row(run(args, method, device)))
+                continue
+            m, m_plain = run(args, method, device, plain=True)   # NNI's own paths in its (stock) precision
+            rows += [row(m), row(m_plain)]
+            ratios[f"{pipeline}_step_over_plain"] = m.ms_per_step / m_plain.ms_per_step
+            ratios[f"{pipeline}_step_over_plain_wall"] = m.wall_over_plain
+            ratios[f"{pipeline}_step_over_plain_cpu"] = m.cpu_over_plain
+    if ratios:
+        ratios.update(limit=SPOS_PLAIN_LIMIT, clock=args.clock)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     settings = {k: getattr(args, k) for k in ("width_mult", "image_size", "batch_size", "data", "steps",
                                               "warmup_steps", "arch_every", "binary_mode")}
-    return {"device": name, "settings": settings, "rows": rows}
+    return {"device": name, "settings": settings, "rows": rows, "spos_plain_ratios": ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args)
@@ -280,6 +448,17 @@ def main(argv: list[str] | None = None) -> int:
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
+    ratios = result["spos_plain_ratios"]
+    if "spos_step_over_plain" in ratios:
+        mine, limit = ratios["spos_step_over_plain"], ratios["limit"]
+        print(f"spos, each step's path also built as a plain module and timed on a steady-state bare PyTorch "
+              f"step right after it (table: {ratios['clock']} clock):")
+        for key, name in (("spos", "hwnas SPOS step"), ("nni", "NNI 3.0 RandomOneShot step")):
+            if f"{key}_step_over_plain" in ratios:
+                print(f"  {name} / its plain path: {ratios[f'{key}_step_over_plain_wall']:.2f}x wall clock, "
+                      f"{ratios[f'{key}_step_over_plain_cpu']:.2f}x CPU time")
+        print(f"  limit {limit:.2f}x ({ratios['clock']} clock): {'met' if mine <= limit else 'NOT met'}")
+        print(f"spos step / plain path x{mine:.2f}")
     return 0
 
 

@@ -170,8 +170,8 @@ def _throughput_args(cfg: RunConfig, method: str, precision: str, channels_last:
             "--channels-last" if channels_last else "--no-channels-last", "--compile-backend", cfg.compile_backend]
     if compile_:
         argv.append("--compile")
-    if not with_nni:
-        argv.append("--skip-nni")
+    if not with_nni:   # the first configuration of a method also times NNI and SPOS's plain paths
+        argv += ["--skip-nni", "--no-plain-path"]
     return parser().parse_args(argv)
 
 
@@ -183,7 +183,7 @@ def step_throughput(run: Run, compiled: bool = False) -> dict[str, Any]:
                 "rows": []}
     from experiments.benchmarks.oneshot_throughput import measure
 
-    rows, skipped, errors = [], [], []
+    rows, skipped, errors, plain_ratios = [], [], [], []
     for method in ("spos", "proxyless"):
         first = not compiled
         for precision, channels_last, compile_ in [m for m in run.cfg.matrix if m[2] == compiled]:
@@ -195,15 +195,19 @@ def step_throughput(run: Run, compiled: bool = False) -> dict[str, Any]:
                 continue
             try:
                 args = _throughput_args(run.cfg, method, precision, channels_last, compile_, first)
-                rows.extend(measure(args)["rows"])
+                result = measure(args)
+                rows.extend(result["rows"])
+                if result["spos_plain_ratios"]:   # SPOS step / the same paths as plain modules
+                    plain_ratios.append({"config": name, **result["spos_plain_ratios"]})
                 first = False
             except Exception as e:  # noqa: BLE001 - recorded, the matrix goes on
                 errors.append({"config": name, "error": f"{type(e).__name__}: {e}"})
-            print(f"  {name}: {rows[-1]['ms_per_step']:.1f} ms/step" if rows else f"  {name}", flush=True)
+            mine = [r for r in rows if r["pipeline"] == "hwnas"]
+            print(f"  {name}: {mine[-1]['ms_per_step']:.1f} ms/step" if mine else f"  {name}", flush=True)
             key = "throughput_compiled" if compiled else "throughput"
             run.results["steps"][key] = {"status": "running", "result": {"rows": rows}}
             run.save()
-    return {"rows": rows, "skipped_for_time": skipped, "errors": errors}
+    return {"rows": rows, "spos_plain_ratios": plain_ratios, "skipped_for_time": skipped, "errors": errors}
 
 
 def step_build(run: Run) -> dict[str, Any]:
