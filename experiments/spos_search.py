@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     plot_pareto(result, out / "pareto.png", title)
     summary: dict[str, Any] = {
         "best_arch": best.arch, "accuracy": best.accuracy, "predicted_latency_ms": best.latency_ms,
-        "budget_ms": sampler.budget.max_ms, "min_ms": sampler.budget.min_ms, "flops": best.flops,
+        "budget_ms": sampler.budget.max_ms, "min_ms": sampler.budget.min_ms, "macs": best.flops,
         "params": best.params, "space_latency_range_ms": [lo, hi], "predictor": predictor.name,
         "steps": trainer.global_step, "train_seconds": train_s, "search_seconds": search_s,
         "candidates": len(result.history), "supernet_metrics": metrics, "choice_counts": module.choice_counts,

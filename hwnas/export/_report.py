@@ -40,9 +40,9 @@ class ExportReport:
         Largest absolute output of the eager model on those inputs (what the difference is read against).
     params : int
         Number of parameters of the model.
-    flops : int or None
+    macs : int or None
         Multiply-accumulates for one input at ``input_shape`` (the papers' "FLOPs"), known when the space and
-        the architecture are.
+        the architecture are. ``flops`` is its old name, still readable.
     arch : dict or None
         The architecture, label -> choice.
     space : dict or None
@@ -75,7 +75,7 @@ class ExportReport:
     parity_inputs: int
     output_scale: float
     params: int
-    flops: int | None = None
+    macs: int | None = None
     arch: dict[str, str] | None = None
     space: dict[str, Any] | None = None
     predictor: str | None = None
@@ -88,6 +88,11 @@ class ExportReport:
     onnx_parity_max_abs_diff: float | None = None
     triton_path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def flops(self) -> int | None:
+        """The old name of :attr:`macs` (multiply-accumulates), kept for one release."""
+        return self.macs
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of every field (``metadata`` included)."""
@@ -105,7 +110,7 @@ class ExportReport:
                                   f"{len(self.arch)} choice blocks"))
         rows.append(("input shape", "x".join(str(d) for d in self.input_shape)))
         rows.append(("parameters", f"{self.params:,}"))
-        rows.append(("FLOPs (MACs)", "-" if self.flops is None else f"{self.flops / 1e6:,.2f} M"))
+        rows.append(("FLOPs (MACs)", "-" if self.macs is None else f"{self.macs / 1e6:,.2f} M"))
         pred = _fmt_ms(self.predicted_ms)
         rows.append(("predicted ms", pred + (f"  ({self.predictor})" if self.predicted_ms is not None else "")))
         meas = _fmt_ms(self.measured_ms)

@@ -2,7 +2,7 @@
 
 The file written loads with plain ``torch.jit.load`` (no hwnas, no NNI) and carries one extra file,
 ``hwnas.json`` (see :data:`METADATA_FILE`, :data:`METADATA_SCHEMA`): architecture, search space and config,
-input shape, compile method, predictor name and checksum, predicted latency (ms), parameters, FLOPs (MACs),
+input shape, compile method, predictor name and checksum, predicted latency (ms), parameters, MACs (``macs``),
 the parity protocol, hwnas and torch versions.
 
 Limitations
@@ -287,11 +287,11 @@ def export_torchscript(model: Any, path: str | os.PathLike, input_shape: Sequenc
             raise ExportError(f"torch.jit.freeze failed: {first_line(e)}") from e
 
     params = sum(p.numel() for p in eager.parameters())
-    flops = None
+    macs = None
     if instance is not None and arch is not None and len(shape) == 4:
         import search_spaces as ss
 
-        flops = int(ss.count_flops(instance, arch, input_size=(shape[2], shape[3])))
+        macs = int(ss.count_flops(instance, arch, input_size=(shape[2], shape[3])))
     predicted = None
     if predictor is not None:
         kind = "torchscript" if isinstance(eager, torch.jit.ScriptModule) else "torch"
@@ -300,7 +300,7 @@ def export_torchscript(model: Any, path: str | os.PathLike, input_shape: Sequenc
         "schema": METADATA_SCHEMA, "kind": "hwnas-export",
         "arch": arch, "space": space_meta, "input_shape": list(shape),
         "method": used, "fallback_reason": reason, "frozen": bool(freeze),
-        "params": int(params), "flops": flops,
+        "params": int(params), "macs": macs,
         "predictor": None if predictor is None else {"name": predictor.name, "checksum": predictor.checksum,
                                                      "backend": predictor.backend},
         "predicted_ms": predicted,
@@ -314,7 +314,7 @@ def export_torchscript(model: Any, path: str | os.PathLike, input_shape: Sequenc
 
     report = ExportReport(path=str(out), method=used, fallback_reason=reason, frozen=bool(freeze), input_shape=shape,
                           parity_max_abs_diff=diff, parity_atol=float(atol), parity_inputs=int(parity_inputs),
-                          output_scale=scale, params=int(params), flops=flops, arch=arch, space=space_meta,
+                          output_scale=scale, params=int(params), macs=macs, arch=arch, space=space_meta,
                           predictor=None if predictor is None else predictor.name,
                           predictor_checksum=None if predictor is None else predictor.checksum,
                           backend=backend, predicted_ms=predicted, metadata=metadata)
@@ -384,8 +384,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     -------
     dict
         ``schema``, ``arch``, ``space``, ``input_shape``, ``method``, ``fallback_reason``, ``frozen``, ``params``,
-        ``flops`` (MACs), ``predictor`` (``name``, ``checksum``, ``backend``), ``predicted_ms``, ``parity``,
-        ``versions``.
+        ``macs`` (multiply-accumulates; files written before the rename say ``flops``, returned as ``macs``),
+        ``predictor`` (``name``, ``checksum``, ``backend``), ``predicted_ms``, ``parity``, ``versions``.
 
     Raises
     ------
@@ -415,4 +415,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(schema, int) or schema > METADATA_SCHEMA:
         raise ExportError(f"the {METADATA_FILE} of {str(p)!r} has schema {schema!r}; this hwnas reads up to "
                           f"{METADATA_SCHEMA} (upgrade hwnas)")
+    if "flops" in meta and "macs" not in meta:   # written before the MAC counts were called macs
+        meta["macs"] = meta.pop("flops")
     return meta

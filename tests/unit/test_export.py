@@ -86,7 +86,7 @@ def test_metadata_read_back(exported, name):
     assert meta["space"]["name"] == name and meta["space"]["config"]["width_mult"] == 0.25
     assert meta["input_shape"] == list(SHAPE) and meta["method"] == "script"
     assert meta["params"] == ss.count_params(space, arch) == report.params
-    assert meta["flops"] == ss.count_flops(space, arch) == report.flops
+    assert meta["macs"] == ss.count_flops(space, arch) == report.macs == report.flops
     assert meta["predictor"] is None and meta["predicted_ms"] is None
     assert meta["versions"]["torch"] == torch.__version__
     # readable with plain torch too
@@ -310,3 +310,17 @@ def test_report_is_exported_and_import_is_lazy():
             "assert 'export_subnet' in dir(e)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert ExportReport.__name__ == "ExportReport"
+
+
+def test_read_metadata_of_a_file_written_before_the_macs_rename(tmp_path):
+    import json
+
+    import torch
+
+    from hwnas.export import read_metadata
+
+    path = tmp_path / "old.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path),
+                   _extra_files={"hwnas.json": json.dumps({"schema": 1, "flops": 1234, "params": 5})})
+    meta = read_metadata(path)
+    assert meta["macs"] == 1234 and "flops" not in meta and meta["params"] == 5
