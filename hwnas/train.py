@@ -21,7 +21,12 @@ __all__ = ["TrainConfig", "TrainResult", "evaluate", "recalibrate_bn", "train_mo
 
 @dataclass
 class TrainConfig:
-    """How one network is trained.
+    """How one network is trained: the optimisation hyper-parameters of :func:`train_model`.
+
+    Two names on purpose: :class:`hwnas.oneshot.TrainerConfig` says how Lightning runs a supernet (devices,
+    precision, checkpoints, resume), not how a network is optimised; the one-shot modules take their
+    optimiser settings from their own configs (:class:`hwnas.oneshot.SupernetConfig`,
+    :class:`hwnas.oneshot.ProxylessSearchConfig`). A trial of a multi-trial search needs only this one.
 
     Attributes
     ----------
