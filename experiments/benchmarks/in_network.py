@@ -16,7 +16,9 @@ end-to-end truths of ``measure_models`` (median of the passes), and compares, pe
   tables exact, hence the one a shipped predictor uses;
 
 and, for the seen-family figure, a 5-fold cross-validation over networks of the absorbed variant. It also
-reports how often the layout rules predict the compiled graph's conversion count exactly.
+reports how often the layout rules predict the compiled graph's conversion count exactly. Kernel types the
+training families never showed are priced by the shipped predictor's isolated kernels, split under its own rules
+(``--no-fallback``: by the longest fitted prefix, else a regressor pooled over non-MAC kernels).
 
     python -m experiments.benchmarks.in_network --out experiments/builds/context-onnxruntime-cpu-<machine>/raw \\
         --json in_network.json --plot in_network.png
@@ -89,8 +91,10 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
     return float(r) if np.isfinite(r) else None
 
 
-def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int = 5) -> dict[str, Any]:
-    """Fill each row's predictions (``rows``: model, family, side, trace, measured_ms, noise)."""
+def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int = 5,
+             fallback: Any = None) -> dict[str, Any]:
+    """Fill each row's predictions (``rows``: model, family, side, trace, measured_ms, noise); kernel types the
+    training families never showed are priced by ``fallback`` (a predictor of isolated kernels), if given."""
     from tqdm.auto import tqdm
 
     from hwnas.builder import InNetworkModel, derive_fusion_rules
@@ -104,11 +108,11 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
         rules, _ = derive_fusion_rules(r["trace"] for r in train)
         rules_by_family[f] = [ "-".join(p) for p in rules.patterns]
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
-                                   rules=rules)
-        bare = InNetworkModel(rules, 0, model.regressors, model.specs)
+                                   rules=rules, fallback=fallback)
+        bare = InNetworkModel(rules, 0, model.regressors, model.specs, fallback=fallback)
         bare.fit_network_term([r["trace"].graph for r in train], [r["measured_ms"] for r in train])
         absorbed = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
-                                      rules=rules, absorb_layout=True)
+                                      rules=rules, absorb_layout=True, fallback=fallback)
         for r in rows:
             if r["family"] == f:
                 r["oracle"] = model.predict_groups(r["trace"])
@@ -117,14 +121,14 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
                 r["absorbed"] = absorbed.predict(r["trace"].graph)
         for r in rows:
             if r["family"] == f:
-                r["fallbacks"] = sum(model.fallbacks.values())
+                r["fallbacks"] = sum(absorbed.fallbacks.values())
     idx = list(range(len(rows)))
     random.Random(0).shuffle(idx)
     for k in tqdm(range(folds), desc="5-fold CV"):
         test = set(idx[k::folds])
         train = [rows[i] for i in idx if i not in test]
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
-                                   absorb_layout=True)
+                                   absorb_layout=True, fallback=fallback)
         for i in test:
             rows[i]["cv"] = model.predict(rows[i]["trace"].graph)
     return {"rules_by_family": rules_by_family}
@@ -222,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write-predictor", default=None, metavar="DIR",
                     help="also fit the absorbed variant on every network and write it as a predictor to DIR")
     ap.add_argument("--skip-eval", action="store_true", help="with --write-predictor: no comparison")
+    ap.add_argument("--no-fallback", action="store_true",
+                    help="price kernel types the training families lack by prefix / pooled regressors, not by "
+                         "the shipped predictor's isolated kernels")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         _write(rows, args.write_predictor, fp, passes)
         if args.skip_eval:
             return
-    extra = evaluate(rows, block, predictor)
+    extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor)
     summary = summarise(rows)
     traced_on = sorted({r["device"] for r in rows if r["device"]})
     print(f"\nmachine now: {dev}\ntraced on: {'; '.join(traced_on)}\nblock {block} ({isa}); predictor "

@@ -119,17 +119,20 @@ def _terms(kernels: Sequence[Kernel]) -> tuple[float, float]:
     return float(len(priced)), float(sum(k.features["params"] for k in priced))
 
 
-def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least squares of ``y`` (measured − kernel sum, ms) on ``[1, kernels, Mweights]``; the slopes are kept
-    >= 0 (a kernel or a weight never makes a network faster), the intercept is free."""
+def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Fit ``y ≈ s * kernel_sum + a + b * kernels + c * Mweights`` (``x`` rows: ``[kernel_sum, 1, kernels,
+    Mweights]``; ``y``: measured ms) in relative error (each network weighs as much as any other, whatever its
+    latency), every coefficient >= 0: a network term never makes a network faster. Returns ``(s, a, b, c)``."""
     from scipy.optimize import lsq_linear
 
     if len(y) == 0:
-        return 0.0, 0.0, 0.0
-    if len(y) < 3:
-        return float(np.median(y)), 0.0, 0.0
-    res = lsq_linear(x, y, bounds=([-np.inf, 0.0, 0.0], [np.inf, np.inf, np.inf]))
-    return float(res.x[0]), float(res.x[1]), float(res.x[2])
+        return 1.0, 0.0, 0.0, 0.0
+    if len(y) < 4:
+        return 1.0, max(float(np.median(y - x[:, 0])), 0.0), 0.0, 0.0
+    w = 1.0 / np.asarray(y, float)
+    res = lsq_linear(x * w[:, None], np.asarray(y, float) * w, bounds=(0.0, np.inf))
+    s, a, b, c = (float(v) for v in res.x)
+    return (s if s > 0 else 1.0), a, b, c
 
 
 @dataclasses.dataclass
@@ -148,8 +151,15 @@ class InNetworkModel:
         ``(a, b, c)``: a network costs ``a + b * kernels + c * weights`` ms on top of its kernels (``kernels``
         counts the priced ones, ``weights`` is the total of their ``params`` feature, in millions). Both are sums
         over kernels, so the term is additive over a search space's blocks and latency tables stay exact.
+    scale : float
+        Factor on every kernel's regressor (the profiler's own cost inflates node times a little).
     absorb_layout : bool
         Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
+    fallback : LatencyPredictor, optional
+        Prices kernel types without labels: their ops are split into that predictor's kernels (its own fusion
+        rules) and priced by it. Without it, the longest fitted prefix or the pooled regressor does.
+    fallbacks : dict of str to int
+        How many kernels of each type were priced by a fallback (since the last fit).
     """
 
     rules: FusionRules
@@ -157,16 +167,19 @@ class InNetworkModel:
     regressors: dict[str, Any]
     specs: dict[str, dict[str, Any]]
     overhead: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
     absorb_layout: bool = False
+    fallback: Any = None
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
             rules: FusionRules | None = None, seed: int = 0, max_rows: int = 400,
-            absorb_layout: bool = False) -> "InNetworkModel":
+            absorb_layout: bool = False, fallback: Any = None) -> "InNetworkModel":
         """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
         the trace's own run time is used). With ``absorb_layout`` the conversions' time is fitted into the
-        kernels on their plain side (:func:`trace_labels`; use ``block=0`` then). A kernel type with more than ``max_rows`` labels is fitted on a seeded
+        kernels on their plain side (:func:`trace_labels`; use ``block=0`` then). ``fallback``: see the class.
+        A kernel type with more than ``max_rows`` labels is fitted on a seeded
         random sample of that many (the fit's time grows with them)."""
         from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
 
@@ -181,7 +194,7 @@ class InNetworkModel:
         by_type = {k: (v if len(v) <= max_rows else rng.sample(v, max_rows))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
-        model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout)
+        model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout, fallback=fallback)
         truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
         model.fit_network_term([t.graph for t in traces], truth)
         return model
@@ -191,9 +204,10 @@ class InNetworkModel:
         x, y = [], []
         for g, meas in zip(graphs, measured_ms):
             kernels = self.kernels(g)
-            x.append([1.0, *_terms(kernels)])
-            y.append(float(meas) - float(self.kernel_latencies(kernels).sum()))
-        self.overhead = _fit_overhead(np.asarray(x), np.asarray(y))
+            x.append([float(self._kernel_ms(kernels).sum()), 1.0, *_terms(kernels)])
+            y.append(float(meas))
+        self.scale, *rest = _fit_overhead(np.asarray(x), np.asarray(y))
+        self.overhead = tuple(rest)
         self.fallbacks = {}
 
     def kernels(self, graph: OpGraph) -> list[Kernel]:
@@ -215,13 +229,21 @@ class InNetworkModel:
         return POOLED
 
     def kernel_latencies(self, kernels: Sequence[Kernel]) -> np.ndarray:
-        """Latency of each kernel, ms."""
+        """Latency of each kernel (its regressor's, times :attr:`scale`), ms."""
+        return self.scale * self._kernel_ms(kernels)
+
+    def _kernel_ms(self, kernels: Sequence[Kernel]) -> np.ndarray:
         from hwnas.predictor import apply_target
 
         out = np.zeros(len(kernels))
         by: dict[str, list[int]] = {}
         for i, k in enumerate(kernels):
             if not _priced(k):
+                continue
+            if k.type not in self.specs and self.fallback is not None and k.nodes:
+                self.fallbacks[k.type] = self.fallbacks.get(k.type, 0) + 1
+                parts = detect_kernels(OpGraph(k.nodes, source="kernel"), self.fallback.rules)
+                out[i] = float(self.fallback.kernel_latencies(parts).sum())
                 continue
             by.setdefault(self._spec_for(k.type), []).append(i)
         for ktype, idx in by.items():
@@ -254,8 +276,8 @@ class InNetworkModel:
         """Write this model as a predictor directory of backend ``onnxruntime-cpu`` for the machine with
         fingerprint ``fp`` (the machine the traces were taken on); returns its path.
 
-        The network term goes into the calibration: ``a`` as the per-call overhead, ``b`` and ``c`` as the
-        per-kernel and per-million-weights terms of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
+        The network term goes into the calibration: ``a`` as the per-call overhead, :attr:`scale` as every kernel
+        type's factor, ``b`` and ``c`` as the per-kernel and per-million-weights terms of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
         prefix fallback: a type the labels never showed raises ``UnknownKernelError`` when priced). Conversion
         kernels need ``absorb_layout`` (the predictor prices the network's own kernels).
         """
@@ -276,10 +298,11 @@ class InNetworkModel:
             "units": "ms",
             "protocol": {"labels": "in-network: ONNX Runtime profiles of whole networks (median node time over the "
                                    "profiled runs), layout conversions in the kernel on their plain side",
-                         "overhead": "a + b * kernels + c * Mweights, fitted on end-to-end medians"},
+                         "overhead": "s * kernel sum + a + b * kernels + c * Mweights, fitted on end-to-end "
+                                     "medians in relative error"},
             "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
             "model_overhead_ms": float(max(a, 0.0)), "kernels": {t: self.specs[t] for t in types},
-            "calibration": {"intercept_ms": 0.0, "kernel_scale": {},
+            "calibration": {"intercept_ms": 0.0, "kernel_scale": {t: float(self.scale) for t in types},
                             "kernel_terms": {t: {"per_kernel": float(b), "per_mparam": float(c)} for t in types}},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
         }

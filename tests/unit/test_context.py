@@ -88,7 +88,7 @@ def test_a_written_in_network_predictor_prices_as_the_model(traces, tmp_path):
     from hwnas.predictor import load_latency_predictor
 
     model = InNetworkModel.fit(traces, block=0, absorb_layout=True)
-    model.overhead = (0.05, 0.002, 0.01)
+    model.overhead, model.scale = (0.05, 0.002, 0.01), 1.1
     path = model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-in-network")
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # written for this machine: no device warning
@@ -103,6 +103,7 @@ def test_the_network_term_is_fitted_on_sums_over_kernels(traces):
     from hwnas.graph import capture
 
     model = InNetworkModel.fit(traces, block=0, absorb_layout=True)
+    model.scale = 1.0
     graphs = [capture(nn.Sequential(*[nn.Sequential(nn.Conv2d(3 if i == 0 else c, c, 3, padding=1), nn.ReLU())
                                       for i in range(depth)]).eval(), "torch", (1, 3, 16, 16))
               for depth, c in ((1, 16), (2, 16), (3, 32), (4, 16), (2, 64))]
@@ -110,7 +111,8 @@ def test_the_network_term_is_fitted_on_sums_over_kernels(traces):
     for g in graphs:
         kernels = model.kernels(g)
         params = sum(k.features["params"] for k in kernels)
-        truth.append(float(model.kernel_latencies(kernels).sum()) + 0.1 + 0.01 * len(kernels) + 0.5 * params)
+        truth.append(1.2 * float(model.kernel_latencies(kernels).sum()) + 0.1 + 0.01 * len(kernels) + 0.5 * params)
     model.fit_network_term(graphs, truth)
-    assert model.overhead == pytest.approx((0.1, 0.01, 0.5), rel=1e-6, abs=1e-9)
+    assert model.scale == pytest.approx(1.2, rel=1e-6)
+    assert model.overhead == pytest.approx((0.1, 0.01, 0.5), rel=1e-5, abs=1e-8)
     assert [model.predict(g) for g in graphs] == pytest.approx(truth, rel=1e-9)
