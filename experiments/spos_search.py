@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from experiments._cli import add_out_dir_arg, parse_with_config
+from experiments._cli import DeprecatedAlias, add_data_args, add_out_dir_arg, parse_with_config
 
 DEFAULT_PREDICTOR = "auto"
 
@@ -55,12 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-ms", type=float, help="optional lower latency bound, ms")
     g.add_argument("--budget-fraction", type=float, default=0.35,
                    help="without --budget-ms: fastest + fraction * (slowest - fastest)")
-    g = p.add_argument_group("data and space")
-    g.add_argument("--data", default="digits", choices=["digits", "cifar10", "imagefolder"])
-    g.add_argument("--data-root", help="dataset folder (cifar10, imagefolder); nothing is downloaded")
-    g.add_argument("--image-size", type=int, default=32)
+    g = add_data_args(p)   # --data, --data-root, --image-size, --workers: the options of every entry point
+    p.set_defaults(workers=4)   # SPOS keeps workers busy on datasets that are not kept resident
+    g.add_argument("--num-workers", dest="workers", type=int, action=DeprecatedAlias, new="--workers",
+                   help=argparse.SUPPRESS)
     g.add_argument("--width-mult", type=float, default=0.25)
-    g.add_argument("--num-workers", type=int, default=4, help="DataLoader workers (datasets not kept resident)")
     g = p.add_argument_group("supernet training")
     g.add_argument("--epochs", type=int, default=200,
                    help="a supernet needs thousands of steps before its paths agree (digits: ~2000)")
@@ -200,9 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
           f"{predictor.name}; budget {sampler.budget}; {sampler.acceptance_rate():.1%} of uniform archs fit")
 
     channels_last = cfgs["trainer"].uses_channels_last
-    train_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed, num_workers=args.num_workers,
+    train_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed, num_workers=args.workers,
                                channels_last=channels_last)
-    val_loader = make_loader(val_ds, 2 * args.batch_size, train=False, num_workers=args.num_workers,
+    val_loader = make_loader(val_ds, 2 * args.batch_size, train=False, num_workers=args.workers,
                              channels_last=channels_last)
 
     # Phase 1: supernet training.
@@ -220,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     # Phase 2: evolution, BN recalibrated per candidate.
     device = trainer.strategy.root_device
     module.to(device)
-    bn_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed + 1, num_workers=args.num_workers,
+    bn_loader = make_loader(train_ds, args.batch_size, train=True, seed=args.seed + 1, num_workers=args.workers,
                             channels_last=channels_last)
     if hasattr(bn_loader, "to"):
         bn_loader.to(device)
