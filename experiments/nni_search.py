@@ -21,13 +21,12 @@ and the shortcut options, which win. ``training_service`` is NNI's own training-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from experiments._cli import add_out_dir_arg
+from experiments._cli import add_out_dir_arg, apply_override, load_sections, read_yaml
 from hwnas.data import DataConfig
 from hwnas.nas import (ENGINES, STRATEGIES, BudgetSection, EngineSection, NniSearchConfig, SpaceSection,
                        StrategySection, TrialsSection, run_nni_search)
@@ -43,65 +42,23 @@ _SECTIONS = {"space": SpaceSection, "budget": BudgetSection, "strategy": Strateg
 
 def config_from_dict(doc: Mapping[str, Any]) -> NniSearchConfig:
     """An :class:`NniSearchConfig` from a nested mapping (a YAML document); unknown keys are an error naming them."""
-    top = {f.name for f in dataclasses.fields(NniSearchConfig)}
     if "out" in doc:   # the old spelling, kept for one release
         if "out_dir" in doc:
             raise ValueError("the config sets both out and out_dir; out is the old spelling of out_dir: keep one")
         print("note: the config key 'out' is deprecated and will be removed in the next release; use 'out_dir'",
               file=sys.stderr)
         doc = {("out_dir" if k == "out" else k): v for k, v in doc.items()}
-    unknown = sorted(set(doc) - top)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; valid: {sorted(top)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in doc.items():
-        cls = _SECTIONS.get(key)
-        if cls is None:
-            kwargs[key] = value
-            continue
-        value = dict(value or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(value) - names)
-        if bad:
-            raise ValueError(f"unknown key(s) {bad} in section {key!r}; valid: {sorted(names)}")
-        kwargs[key] = cls(**value)
-    return NniSearchConfig(**kwargs)
-
-
-def apply_override(doc: dict[str, Any], assignment: str) -> None:
-    """Apply ``section.key=value`` (the value parsed as YAML) to a nested config document in place."""
-    import yaml
-
-    if "=" not in assignment:
-        raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
-    key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ValueError(f"--set: empty key in {assignment!r}")
-    node = doc
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: {part!r} is not a section")
-    node[parts[-1]] = value
+    return load_sections(NniSearchConfig, _SECTIONS, doc)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> NniSearchConfig:
     """The configuration of a YAML file (``None``: the dataclass defaults) with ``section.key=value`` overrides."""
-    import yaml
-
     doc: dict[str, Any] = {}
     if path is not None:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ValueError(f"config file {file} does not exist")
         try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {file} is not valid YAML: {err}") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"config file {file} must hold a mapping of sections")
+            doc = read_yaml(path, "sections")
+        except ValueError as err:
+            raise ValueError(f"config file {err}") from None
     for assignment in overrides:
         apply_override(doc, assignment)
     return config_from_dict(doc)
