@@ -53,18 +53,25 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _truth(out: Path) -> tuple[dict[str, list[float]], int]:
+    """End-to-end passes per network from every ``zoo*.jsonl`` store in ``out`` (or its ``.gz``), and the most
+    passes any store has."""
     from hwnas.builder import zoo_measurements
 
-    store = out / "zoo.jsonl" if (out / "zoo.jsonl").is_file() else out / "zoo.jsonl.gz"
+    stores = {p.name.removesuffix(".gz"): p for p in sorted(out.glob("zoo*.jsonl.gz"))}
+    stores.update({p.name: p for p in sorted(out.glob("zoo*.jsonl"))})
     truth: dict[str, list[float]] = {}
-    p = 0
-    while True:
-        got = zoo_measurements(store, p)
-        if not got:
-            return truth, p
-        for k, r in got.items():
-            truth.setdefault(k, []).append(float(r["ms"]))
-        p += 1
+    most = 0
+    for store in stores.values():
+        p = 0
+        while True:
+            got = zoo_measurements(store, p)
+            if not got:
+                break
+            for k, r in got.items():
+                truth.setdefault(k, []).append(float(r["ms"]))
+            p += 1
+        most = max(most, p)
+    return truth, most
 
 
 def _noise(passes: list[float]) -> float | None:

@@ -6,8 +6,8 @@ From ONNX Runtime traces of whole networks (:class:`~hwnas.builder._profile.Node
   time, and each layout conversion as a kernel of its own (``to_blocked``/``to_plain``);
 - :func:`derive_fusion_rules` — the op chains ONNX Runtime ran as one node in most of the places they occur:
   fusion rules read from compiled, profiled networks instead of a fusion test on isolated chains;
-- :class:`InNetworkModel` — one regressor per kernel type fitted on those labels, plus a per-network overhead
-  line (``a + b * kernels``, ms); it prices a graph under the derived rules, with the conversions
+- :class:`InNetworkModel` — one regressor per kernel type fitted on those labels, plus a network term
+  (``a + b * kernels + c * Mweights``, ms, sums over kernels); it prices a graph under the derived rules, with the conversions
   :func:`~hwnas.builder._layout.layout_conversions` predicts.
 
 A kernel type the labels never showed is priced by its longest fitted prefix (``conv-add-relu`` by ``conv-add``,
@@ -119,20 +119,22 @@ def _terms(kernels: Sequence[Kernel]) -> tuple[float, float]:
     return float(len(priced)), float(sum(k.features["params"] for k in priced))
 
 
-def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
-    """Fit ``y ≈ s * kernel_sum + a + b * kernels + c * Mweights`` (``x`` rows: ``[kernel_sum, 1, kernels,
-    Mweights]``; ``y``: measured ms) in relative error (each network weighs as much as any other, whatever its
-    latency), every coefficient >= 0: a network term never makes a network faster. Returns ``(s, a, b, c)``."""
+def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Fit the network term ``y - kernel_sum ≈ a + b * kernels + c * Mweights`` (``x`` rows: ``[kernel_sum, 1,
+    kernels, Mweights]``; ``y``: measured ms) in relative error (each network weighs as much as any other,
+    whatever its latency), every coefficient >= 0: a network term never makes a network faster. The labels are
+    in-network times, so the kernel sum is not rescaled (a free factor on it trades off against ``c`` and
+    extrapolates badly to families not fitted on). Returns ``(a, b, c)``."""
     from scipy.optimize import lsq_linear
 
     if len(y) == 0:
-        return 1.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0
+    rest = np.asarray(y, float) - x[:, 0]
     if len(y) < 4:
-        return 1.0, max(float(np.median(y - x[:, 0])), 0.0), 0.0, 0.0
+        return max(float(np.median(rest)), 0.0), 0.0, 0.0
     w = 1.0 / np.asarray(y, float)
-    res = lsq_linear(x * w[:, None], np.asarray(y, float) * w, bounds=(0.0, np.inf))
-    s, a, b, c = (float(v) for v in res.x)
-    return (s if s > 0 else 1.0), a, b, c
+    res = lsq_linear(x[:, 1:] * w[:, None], rest * w, bounds=(0.0, np.inf))
+    return tuple(float(v) for v in res.x)
 
 
 @dataclasses.dataclass
@@ -152,7 +154,7 @@ class InNetworkModel:
         counts the priced ones, ``weights`` is the total of their ``params`` feature, in millions). Both are sums
         over kernels, so the term is additive over a search space's blocks and latency tables stay exact.
     scale : float
-        Factor on every kernel's regressor (the profiler's own cost inflates node times a little).
+        Factor on every kernel's regressor (1; :func:`fit` does not change it).
     absorb_layout : bool
         Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
     fallback : LatencyPredictor, optional
@@ -174,7 +176,7 @@ class InNetworkModel:
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
-            rules: FusionRules | None = None, seed: int = 0, max_rows: int = 400,
+            rules: FusionRules | None = None, seed: int = 0, max_rows: int = 250,
             absorb_layout: bool = False, fallback: Any = None) -> "InNetworkModel":
         """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
         the trace's own run time is used). With ``absorb_layout`` the conversions' time is fitted into the
@@ -206,8 +208,7 @@ class InNetworkModel:
             kernels = self.kernels(g)
             x.append([float(self._kernel_ms(kernels).sum()), 1.0, *_terms(kernels)])
             y.append(float(meas))
-        self.scale, *rest = _fit_overhead(np.asarray(x), np.asarray(y))
-        self.overhead = tuple(rest)
+        self.overhead = _fit_overhead(np.asarray(x), np.asarray(y))
         self.fallbacks = {}
 
     def kernels(self, graph: OpGraph) -> list[Kernel]:
@@ -298,8 +299,8 @@ class InNetworkModel:
             "units": "ms",
             "protocol": {"labels": "in-network: ONNX Runtime profiles of whole networks (median node time over the "
                                    "profiled runs), layout conversions in the kernel on their plain side",
-                         "overhead": "s * kernel sum + a + b * kernels + c * Mweights, fitted on end-to-end "
-                                     "medians in relative error"},
+                         "overhead": "a + b * kernels + c * Mweights on top of the kernel sum, fitted on "
+                                     "end-to-end medians in relative error"},
             "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
             "model_overhead_ms": float(max(a, 0.0)), "kernels": {t: self.specs[t] for t in types},
             "calibration": {"intercept_ms": 0.0, "kernel_scale": {t: float(self.scale) for t in types},
