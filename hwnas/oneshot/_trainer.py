@@ -38,14 +38,15 @@ Without ``resume`` a run starts fresh and removes the checkpoints an earlier run
 never resumes silently (Lightning does, with its ``OnExceptionCheckpoint`` callback: hwnas uses its own).
 
 Limitations: the tests run on CPU (tests/integration/test_oneshot_modes.py: bf16-mixed, channels_last and
-``compile=True`` on CPU); multi-process DDP and the CUDA-only parts (resident data on the GPU, NCCL) are not
-exercised by the tests (``experiments/gpu/run.sh`` runs the single-GPU paths).
+``compile=True`` on CPU; tests/integration/test_oneshot_ddp.py: DDP with two gloo processes, both methods, the
+ranks identical and a SIGKILLed rank's checkpoint resumed to the uninterrupted state); CUDA-only parts (resident
+data on the GPU, NCCL, several GPUs) are not tested (``experiments/gpu/run.sh`` runs the single-GPU paths).
 
 GPU use: bf16 autocast (Lightning's ``"bf16-mixed"``), channels_last weights and inputs (by default on CUDA
 only; ``channels_last=True`` on the CPU too), no per-step host synchronisation in the harness itself (the
 progress bar refreshes every ``log_every_n_steps`` steps; modules should log per-step values without
-``prog_bar`` and accumulate metrics on the device). Multi-GPU and multi-node through Lightning's strategies (``devices``, ``num_nodes``,
-``strategy="ddp"``); a single-path supernet needs ``"ddp_find_unused_parameters_true"``.
+``prog_bar`` and accumulate metrics on the device). Multi-GPU and multi-node through Lightning's strategies
+(``devices``, ``num_nodes``, ``strategy="ddp"``); a single-path supernet needs ``"ddp_find_unused_parameters_true"``.
 """
 
 from __future__ import annotations
