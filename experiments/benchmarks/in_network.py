@@ -141,7 +141,7 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     return {"rules_by_family": rules_by_family}
 
 
-def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int) -> None:
+def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int, fallback: Any) -> None:
     from hwnas.builder import InNetworkModel, derive_fusion_rules
 
     from hwnas.device import describe
@@ -151,15 +151,18 @@ def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: in
         raise SystemExit(f"error: the traces were taken on {sorted(traced)}, this machine is {describe(fp)}: a "
                          "predictor written here would carry the wrong machine's fingerprint; write it where the "
                          "traces were taken")
+    if fallback is not None and str(fallback.metadata.get("protocol", {}).get("labels", "")).startswith("in-network"):
+        raise SystemExit(f"error: {fallback.name!r} is itself an in-network predictor; name the isolated-kernel "
+                         "predictor to complete it from with --predictor")
     rules, stats = derive_fusion_rules(r["trace"] for r in rows)
     model = InNetworkModel.fit([r["trace"] for r in rows], [r["measured_ms"] for r in rows], block=0, rules=rules,
-                               absorb_layout=True)
+                               absorb_layout=True, fallback=fallback)
     notes = {"in_network": {"networks": len(rows), "families": sorted({r["family"] for r in rows}),
                             "end_to_end_passes": passes, "fusion_rule_evidence": stats,
                             "network_term_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1],
                                                 "c_per_mweight": model.overhead[2]},
                             "benchmark": "experiments/benchmarks/in_network.py"}}
-    out = model.write(path, fp, notes=notes)
+    out = model.write(path, fp, notes=notes, complete_from=fallback)
     print(f"predictor written: {out} ({len(model.specs)} kernel types, rules {model.rules})")
 
 
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                      "layout_exact": exact, "device": r.get("device")})
     dev = describe(fp)
     if args.write_predictor:
-        _write(rows, args.write_predictor, fp, passes)
+        _write(rows, args.write_predictor, fp, passes, None if args.no_fallback else predictor)
         if args.skip_eval:
             return
     extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor)

@@ -272,15 +272,19 @@ class InNetworkModel:
         return self.network_ms([k for k, _ in trace_labels(trace, self.absorb_layout)])
 
 
-    def write(self, path: Any, fp: dict[str, Any], *, name: str | None = None, notes: dict[str, Any] | None = None
-              ) -> Any:
+    def write(self, path: Any, fp: dict[str, Any], *, name: str | None = None, notes: dict[str, Any] | None = None,
+              complete_from: Any = None) -> Any:
         """Write this model as a predictor directory of backend ``onnxruntime-cpu`` for the machine with
         fingerprint ``fp`` (the machine the traces were taken on); returns its path.
 
-        The network term goes into the calibration: ``a`` as the per-call overhead, :attr:`scale` as every kernel
-        type's factor, ``b`` and ``c`` as the per-kernel and per-million-weights terms of every kernel type. Only kernel types with labels of their own are written (no pooled fallback, no
-        prefix fallback: a type the labels never showed raises ``UnknownKernelError`` when priced). Conversion
-        kernels need ``absorb_layout`` (the predictor prices the network's own kernels).
+        The network term goes into the calibration: ``a`` as the per-call overhead, ``b`` and ``c`` as the
+        per-kernel and per-million-weights terms of every kernel type. Kernel types with labels of their own are
+        written; with ``complete_from`` (an isolated-kernel predictor of the same machine), every type of that
+        predictor the labels lack is written too, with its regressor, transfer pair, factor and terms, so ops no
+        zoo network had in ONNX Runtime's graph (a ``permute`` from a module) are priced as that predictor
+        prices them. Without it such a type raises ``UnknownKernelError`` when priced (no pooled or prefix
+        fallback is written). Conversion kernels need ``absorb_layout`` (the predictor prices the network's own
+        kernels).
         """
         import hwnas
         from hwnas.builder._config import default_name, utc_now
@@ -290,8 +294,31 @@ class InNetworkModel:
 
         if self.block:
             raise ValueError("a predictor prices the network's own kernels: fit with block=0 and absorb_layout")
-        types = sorted(t for t in self.specs if t != POOLED)
         a, b, c = self.overhead
+        own = sorted(t for t in self.specs if t != POOLED)
+        regressors = {t: self.regressors[t] for t in own}
+        specs = {t: self.specs[t] for t in own}
+        scale = {t: float(self.scale) for t in own}
+        terms = {t: {"per_kernel": float(b), "per_mparam": float(c)} for t in own}
+        transfer = None
+        borrowed: list[str] = []
+        if complete_from is not None:
+            theirs = complete_from.kernel_specs
+            borrowed = sorted(t for t in complete_from.regressors if t not in regressors)
+            for t in borrowed:
+                regressors[t] = complete_from.regressors[t]
+                specs[t] = theirs[t]
+                scale[t] = float(complete_from.kernel_scale.get(t, 1.0))
+                extra = dict(complete_from.kernel_terms.get(t, {}))
+                terms[t] = {"per_kernel": extra.get("per_kernel", 0.0) + float(b),
+                            "per_mparam": extra.get("per_mparam", 0.0) + float(c),
+                            **{k: v for k, v in extra.items() if k not in ("per_kernel", "per_mparam")}}
+            if complete_from.transfer_default is not None:
+                transfer = {"form": "in-network types as fitted; borrowed types as " + complete_from.name,
+                            "kernel_types": {**{t: [0.0, 1.0] for t in own},
+                                             **{t: list(complete_from.transfer.get(t, complete_from.transfer_default))
+                                                for t in borrowed}},
+                            "default": [0.0, 1.0]}
         meta = {
             "name": name or default_name("onnxruntime-cpu", fp), "version": utc_now()[:10].replace("-", "."),
             "backend": "onnxruntime-cpu", "device": {"description": describe(fp), "fingerprint": fp},
@@ -300,13 +327,16 @@ class InNetworkModel:
             "protocol": {"labels": "in-network: ONNX Runtime profiles of whole networks (median node time over the "
                                    "profiled runs), layout conversions in the kernel on their plain side",
                          "overhead": "a + b * kernels + c * Mweights on top of the kernel sum, fitted on "
-                                     "end-to-end medians in relative error"},
+                                     "end-to-end medians in relative error",
+                         "borrowed_kernel_types": borrowed,
+                         "borrowed_from": complete_from.name if complete_from is not None else None},
             "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
-            "model_overhead_ms": float(max(a, 0.0)), "kernels": {t: self.specs[t] for t in types},
-            "calibration": {"intercept_ms": 0.0, "kernel_scale": {t: float(self.scale) for t in types},
-                            "kernel_terms": {t: {"per_kernel": float(b), "per_mparam": float(c)} for t in types}},
+            "model_overhead_ms": float(max(a, 0.0)), "kernels": specs,
+            "calibration": {"intercept_ms": 0.0, "kernel_scale": scale, "kernel_terms": terms},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
         }
-        return write_predictor(path, meta, {t: self.regressors[t] for t in types})
+        if transfer is not None:
+            meta["transfer"] = transfer
+        return write_predictor(path, meta, regressors)
 
 __all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "trace_labels"]

@@ -282,6 +282,12 @@ class LatencyPredictor:
                           f"its latencies are that machine's, not this one's. Adapt it to this machine with: "
                           f"{adapt_command(self.backend)}", DeviceMismatchWarning, stacklevel=3)
 
+    @property
+    def kernel_specs(self) -> dict[str, dict[str, Any]]:
+        """Per kernel type (folded names), what its regressor reads and predicts: ``features``, ``target`` and,
+        for ``log_ms_per_unit``, ``unit_feature`` (a copy)."""
+        return {t: {k: v for k, v in spec.items() if k != "regressor"} for t, spec in self._specs.items()}
+
     # -- kernels ----------------------------------------------------------------------------------------------------
     def graph_kernels(self, graph: OpGraph) -> list[Kernel]:
         """Kernels of an op graph under this predictor's fusion rules."""

@@ -115,3 +115,31 @@ def test_the_network_term_is_fitted_on_sums_over_kernels(traces):
     model.fit_network_term(graphs, truth)
     assert model.overhead == pytest.approx((0.1, 0.01, 0.5), rel=1e-5, abs=1e-8)
     assert [model.predict(g) for g in graphs] == pytest.approx(truth, rel=1e-9)
+
+
+def test_a_completed_predictor_prices_types_without_labels_as_the_isolated_one(traces, tmp_path):
+    import warnings
+
+    from hwnas.device import fingerprint
+    from hwnas.kernels import detect_kernels
+    from hwnas.graph import capture
+    from hwnas.predictor import load_latency_predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")               # an embedded predictor of another machine is the source
+        iso = load_latency_predictor("onnxruntime-cpu-amd-epyc-avx512")
+    model = InNetworkModel.fit(traces, block=0, absorb_layout=True, fallback=iso)
+    model.overhead = (0.05, 0.002, 0.01)
+    pred = load_latency_predictor(model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-completed",
+                                              complete_from=iso))
+    assert "permute" not in model.specs and "permute" in pred.kernel_specs
+    g = capture(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(), nn.Linear(8 * 64, 4)).eval(), "torch", (1, 3, 8, 8))
+    kernels = detect_kernels(g, pred.rules)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = pred.kernel_latencies(kernels)
+        theirs = iso.kernel_latencies(kernels)
+    borrowed = [(k, a, b) for k, a, b in zip(kernels, ours, theirs) if k.type not in model.specs]
+    assert borrowed                                    # the lone conv (no relu) had no label
+    for k, a, b in borrowed:                           # the isolated price plus the network term's slopes
+        assert a == pytest.approx(b + 0.002 + 0.01 * k.features["params"], rel=1e-9)
