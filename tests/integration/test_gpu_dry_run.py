@@ -34,6 +34,11 @@ def test_dry_run_runs_every_step_and_writes_json(tmp_path):
                             for p, c, k in (("32-true", False, "off"), ("bf16-mixed", True, "eager"))}
         assert {r["method"] for r in rows if r["pipeline"] == "NNI 3.0 stock"} == {"spos", "proxyless"}
         assert all(r["ms_per_step"] > 0 and r["train_images_per_s"] > 0 for r in rows)
+        # the first SPOS configuration also timed its paths (and NNI's) as plain modules
+        assert {r["pipeline"] for r in rows if r["method"] == "spos"} == {"hwnas", "NNI 3.0 stock", "plain path",
+                                                                          "plain path/NNI"}
+        (ratios,) = steps["throughput"]["result"]["spos_plain_ratios"]
+        assert ratios["spos_step_over_plain"] > 0 and ratios["nni_step_over_plain"] > 0 and ratios["limit"] == 1.15
     else:
         assert rows == [] and "nni is not importable" in steps["throughput"]["result"]["skipped"]
     assert steps["throughput"]["result"]["errors"] == [] == steps["throughput_compiled"]["result"]["errors"]
