@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
+    print("$ python -m experiments.benchmarks.in_network " + " ".join(sys.argv[1:] if argv is None else argv))
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from hwnas.builder import NodeTrace, block_size, layout_conversions, zoo
     from hwnas.device import describe, fingerprint
