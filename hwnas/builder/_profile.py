@@ -148,7 +148,8 @@ class NodeTrace:
         The network's op graph (as the ``onnx`` front-end captures the exported model).
     nodes : list of tuple
         ``(name, op_type, ms, anchor)`` per optimised node: median time over the profiled runs in ms, and the hwnas
-        op whose output the node is named after (None when the name leads to none).
+        op whose output the node is named after; a node ONNX Runtime generated under a name of its own gets the
+        anchor of the node whose output it reads (None when neither leads to an op).
     reorders : list of tuple
         ``(op_type, ms, source, targets)`` per layout conversion: the hwnas op whose output it converts (the
         producer's anchor; ``"input"`` for the graph input) and the anchors of the nodes reading the converted
@@ -201,6 +202,22 @@ def _reorder_links(optimized: Any, anchor_of: dict[str, str | None]) -> dict[str
             for n in optimized.node if n.op_type in REORDER_OPS}
 
 
+def _inherit_anchors(optimized: Any, anchor_of: dict[str, str | None]) -> None:
+    """Give a node ONNX Runtime generated (a ``Squeeze_token_3``, a ``Reshape_new_reshape``: named after no
+    tensor of the exported model) the anchor of the node producing its first input, through layout conversions;
+    in topological order, so chains of generated nodes inherit too. Nodes reading only the graph input keep
+    None."""
+    producer = {o: n for n in optimized.node for o in n.output}
+    for n in optimized.node:
+        if n.op_type in REORDER_OPS or anchor_of.get(n.name) is not None or not n.input:
+            continue
+        src = producer.get(n.input[0])
+        while src is not None and src.op_type in REORDER_OPS:
+            src = producer.get(src.input[0])
+        if src is not None:
+            anchor_of[n.name] = anchor_of.get(src.name)
+
+
 def trace_onnxruntime(model: Any, input_shape: Sequence[int], *, runs: int = 20, warmup: int = 5,
                       threads: int = 1) -> NodeTrace:
     """Run ``model`` under ONNX Runtime's profiler and record every optimised node's time.
@@ -247,6 +264,7 @@ def trace_onnxruntime(model: Any, input_shape: Sequence[int], *, runs: int = 20,
     per, ops, run_ms = _events(trace, runs)
     anchor_of = {n.name: (None if n.op_type in REORDER_OPS else _resolve(n.name, tensor, node))
                  for n in optimized.node}
+    _inherit_anchors(optimized, anchor_of)
     links = _reorder_links(optimized, anchor_of)
     nodes, reorders = [], []
     for name, durations in per.items():
