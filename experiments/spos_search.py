@@ -131,7 +131,7 @@ def pareto_table(result: Any, budget_ms: float) -> str:
     lines = [f"{'accuracy':>9s} {'latency ms':>11s} {'of budget':>9s} {'M MACs':>8s} {'params':>9s} {'gen':>4s}"]
     for c in result.pareto:
         lines.append(f"{c.accuracy:9.4f} {c.latency_ms:11.4f} {c.latency_ms / budget_ms:9.1%} "
-                     f"{c.flops / 1e6:8.2f} {c.params:9d} {c.generation:4d}")
+                     f"{c.macs / 1e6:8.2f} {c.params:9d} {c.generation:4d}")
     return "\n".join(lines)
 
 
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     plot_pareto(result, out / "pareto.png", title)
     summary: dict[str, Any] = {
         "best_arch": best.arch, "accuracy": best.accuracy, "predicted_latency_ms": best.latency_ms,
-        "budget_ms": sampler.budget.max_ms, "min_ms": sampler.budget.min_ms, "macs": best.flops,
+        "budget_ms": sampler.budget.max_ms, "min_ms": sampler.budget.min_ms, "macs": best.macs,
         "params": best.params, "space_latency_range_ms": [lo, hi], "predictor": predictor.name,
         "steps": trainer.global_step, "train_seconds": train_s, "search_seconds": search_s,
         "candidates": len(result.history), "supernet_metrics": metrics, "choice_counts": module.choice_counts,
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     print("\nPareto front (accuracy vs predicted latency):")
     print(pareto_table(result, sampler.budget.max_ms))
     print(f"\nbest under {sampler.budget}: accuracy {best.accuracy:.4f}, predicted {best.latency_ms:.4f} ms "
-          f"({best.latency_ms / sampler.budget.max_ms:.1%} of the budget), {best.flops / 1e6:.2f} M MACs, "
+          f"({best.latency_ms / sampler.budget.max_ms:.1%} of the budget), {best.macs / 1e6:.2f} M MACs, "
           f"{best.params} params\n{json.dumps(best.arch)}")
     print(f"train {train_s:.1f} s, search {search_s:.1f} s ({len(result.history)} candidates), "
           f"wall {summary['wall_seconds']:.1f} s; outputs in {out}")

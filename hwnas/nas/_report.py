@@ -159,14 +159,25 @@ def rank_records(records: Sequence[Mapping[str, Any]], budget: Any, top_k: int |
     return fits
 
 
-_SHORT = {"skip": "-", "xception": "x"}
+def _short_choice(name: str) -> str:
+    """``skip`` → ``-``; a word and a number (``shuffle3``) → its first letter and the number (``s3``); a longer
+    plain word (``xception``) → its first letter; anything else (``k3e6``, ``a``) as it is. A rule on the
+    names' shape, so no space's choice names are written here."""
+    if name == "skip":
+        return "-"
+    m = re.fullmatch(r"([A-Za-z]+)(\d+)", name)
+    if m:
+        return m.group(1)[0] + m.group(2)
+    if re.fullmatch(r"[A-Za-z]{5,}", name):
+        return name[0]
+    return name
 
 
 def short_arch(arch: Mapping[str, str]) -> str:
     """A compact one-line form of an architecture: choices in label order, stages separated by ``|``.
 
-    ``shuffleK`` becomes ``sK``, ``xception`` ``x``, ``skip`` ``-``; other names are kept
-    (``k3e6``). Labels of the form ``s{stage}_b{block}`` group into stages; other labels form one group.
+    Choice names are shortened by their shape (:func:`_short_choice`: ``shuffle3`` → ``s3``, ``xception`` →
+    ``x``, ``skip`` → ``-``; ``k3e6`` is kept). Labels of the form ``s{stage}_b{block}`` group into stages; other labels form one group.
     """
     groups: list[list[str]] = []
     last = object()
@@ -176,9 +187,7 @@ def short_arch(arch: Mapping[str, str]) -> str:
         if stage != last or not groups:
             groups.append([])
             last = stage
-        name = str(choice)
-        name = _SHORT.get(name, re.sub(r"^shuffle(\d+)$", r"s\1", name))
-        groups[-1].append(name)
+        groups[-1].append(_short_choice(str(choice)))
     return " | ".join(" ".join(g) for g in groups)
 
 

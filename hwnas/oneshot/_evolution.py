@@ -96,8 +96,8 @@ class Candidate:
         Its fitness (top-1 accuracy in [0, 1] in SPOS).
     latency_ms : float
         Predicted latency, ms.
-    flops : int
-        Multiply-accumulates per image.
+    macs : int
+        Multiply-accumulates per image (``flops`` is a read-only alias, kept for one release).
     params : int
         Parameters.
     generation : int
@@ -107,9 +107,14 @@ class Candidate:
     arch: Arch
     accuracy: float
     latency_ms: float
-    flops: int
+    macs: int
     params: int
     generation: int
+
+    @property
+    def flops(self) -> int:
+        """Deprecated name of :attr:`macs` (it always held multiply-accumulates)."""
+        return self.macs
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
@@ -146,15 +151,15 @@ class EvolutionResult:
                 "pareto": [c.to_dict() for c in self.pareto], "history": [c.to_dict() for c in self.history]}
 
     def write_csv(self, path: str | os.PathLike, which: str = "pareto") -> None:
-        """Write ``pareto`` or ``history`` as CSV: accuracy, latency_ms, flops, params, generation, arch (JSON)."""
+        """Write ``pareto`` or ``history`` as CSV: accuracy, latency_ms, macs, params, generation, arch (JSON)."""
         rows = {"pareto": self.pareto, "history": self.history}.get(which)
         if rows is None:
             raise ValueError(f"which must be 'pareto' or 'history', got {which!r}")
         with open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["accuracy", "latency_ms", "flops", "params", "generation", "arch"])
+            writer.writerow(["accuracy", "latency_ms", "macs", "params", "generation", "arch"])
             for c in rows:
-                writer.writerow([f"{c.accuracy:.6f}", f"{c.latency_ms:.6f}", c.flops, c.params, c.generation,
+                writer.writerow([f"{c.accuracy:.6f}", f"{c.latency_ms:.6f}", c.macs, c.params, c.generation,
                                  json.dumps(c.arch, sort_keys=False)])
 
 

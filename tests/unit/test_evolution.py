@@ -155,3 +155,8 @@ def test_config_validation():
         EvolutionConfig(population=10, n_mutation=6, n_crossover=6)
     with pytest.raises(ValueError, match="mutation_prob"):
         EvolutionConfig(mutation_prob=0.0)
+
+
+def test_candidates_call_their_multiply_accumulates_macs():
+    c = Candidate({"s1_b0": "shuffle3"}, 0.5, 1.0, 7, 3, 0)
+    assert c.macs == 7 and c.flops == 7 and c.to_dict()["macs"] == 7 and "flops" not in c.to_dict()
