@@ -4,11 +4,11 @@ Reads the traces of ``trace_models`` (every optimised node of each network as ON
 end-to-end truths of ``measure_models`` (median of the passes), and compares, per family, leave one family out:
 
 - **shipped**: the installed predictor for this machine (``--predictor``, default ``auto``), as it predicts;
-- **in-network, ORT's own kernels**: regressors fitted on the other families' in-network labels, pricing the
-  kernels ONNX Runtime really ran (its fusion and its layout conversions, read from the trace): the regressors'
-  error alone;
-- **in-network, derived rules**: the same regressors, kernels detected with fusion rules derived from the other
-  families' traces and the layout conversions predicted by the NCHWc rules (``hwnas/builder/_layout.py``): what a
+- **in-network, ORT's own kernels**: the next model's regressors pricing the kernels ONNX Runtime really ran
+  (its fusion and its layout conversions, read from the trace): the error left when fusion and layout are known;
+- **in-network, derived rules**: regressors fitted on the other families' in-network labels of the kernels that
+  fusion rules derived from their traces detect (:func:`hwnas.builder.rule_labels`), and the layout conversions
+  predicted by the NCHWc rules (``hwnas/builder/_layout.py``): what a
   predictor built this way would say of a network it has never seen;
 - the same without predicted conversions (what item 1 adds);
 - **in-network, conversions absorbed**: regressors fitted with each conversion's time in the kernel on its plain
@@ -111,13 +111,15 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
         r["shipped"] = float(predictor.predict(r["trace"].graph, model_type="graph"))
     families = sorted({r["family"] for r in rows})
     rules_by_family = {}
+    cache: dict = {}
     for f in tqdm(families, desc="leave one family out"):
         train = [r for r in rows if r["family"] != f]
-        rules, _ = derive_fusion_rules(r["trace"] for r in train)
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache)
         rules_by_family[f] = [ "-".join(p) for p in rules.patterns]
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
                                    rules=rules, fallback=fallback)
-        bare = InNetworkModel(rules, 0, model.regressors, model.specs, fallback=fallback)
+        bare = InNetworkModel(rules, 0, model.regressors, model.specs, fallback=fallback,
+                              free_types=model.free_types)
         bare.fit_network_term([r["trace"].graph for r in train], [r["measured_ms"] for r in train])
         absorbed = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
                                       rules=rules, absorb_layout=True, fallback=fallback)
@@ -135,8 +137,9 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     for k in tqdm(range(folds), desc="5-fold CV"):
         test = set(idx[k::folds])
         train = [rows[i] for i in idx if i not in test]
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache)
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
-                                   absorb_layout=True, fallback=fallback)
+                                   rules=rules, absorb_layout=True, fallback=fallback)
         for i in test:
             rows[i]["cv"] = model.predict(rows[i]["trace"].graph)
     return {"rules_by_family": rules_by_family}

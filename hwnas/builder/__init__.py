@@ -20,7 +20,8 @@ Public API (everything else is private machinery and may change):
 - :func:`profile_onnxruntime`, :class:`NetworkProfile` — each kernel's time inside a network, from ONNX Runtime's
   per-node profile; :func:`trace_onnxruntime`, :class:`NodeTrace` — the raw per-node record behind it (kept, so
   labels can be derived again under other rules: :func:`profile_from_trace`; :func:`ort_kernel_groups` — the
-  kernels as ONNX Runtime fused them); :class:`InNetworkModel`, :func:`derive_fusion_rules`, :func:`trace_labels`
+  kernels as ONNX Runtime fused them); :class:`InNetworkModel`, :func:`derive_fusion_rules`, :func:`trace_labels`,
+  :func:`rule_labels`
   — kernel regressors and fusion rules fitted on such in-network labels; :func:`layout_conversions`,
   :func:`block_size`, :data:`ORT_NCHWC` — the layout conversions ONNX Runtime's NCHWc pass inserts (rules as data); :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
   another (ms);
@@ -107,6 +108,7 @@ _LAZY = {
     "InNetworkModel": "hwnas.builder._context",
     "derive_fusion_rules": "hwnas.builder._context",
     "trace_labels": "hwnas.builder._context",
+    "rule_labels": "hwnas.builder._context",
     "conversion_kernel": "hwnas.builder._context",
     "layout_conversions": "hwnas.builder._layout",
     "block_size": "hwnas.builder._layout",

@@ -28,7 +28,7 @@ from hwnas.graph import OpGraph
 from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
 
 from hwnas.builder._layout import ORT_NCHWC, Conversion, layout_conversions
-from hwnas.builder._profile import NodeTrace, ort_kernel_groups
+from hwnas.builder._profile import NodeTrace, ort_kernel_groups, profile_from_trace
 
 _KINDS = {"ReorderInput": "to_blocked", "ReorderOutput": "to_plain"}
 _MAC_MAIN = ("conv", "dwconv", "fc", "matmul", "mha")
@@ -85,37 +85,77 @@ def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Ke
     return [(k, float(t)) for k, t in zip(kernels, ms) if t > 0] + rows
 
 
-def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5) -> tuple[FusionRules, dict]:
+def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cache: dict | None = None
+                        ) -> tuple[FusionRules, dict]:
     """Fusion rules read from traces: an op chain becomes a rule when ONNX Runtime ran it as one kernel in at
-    least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Returns the rules
-    and per candidate pattern ``{"fused": n, "occurs": n}``."""
+    least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Candidates are the
+    op sequences of ONNX Runtime's kernels and their prefixes (a channel shuffle's ``concat-reshape-permute-
+    reshape`` inside a kernel that also holds one of the two slices reading it). Returns the rules and per
+    candidate pattern ``{"fused": n, "occurs": n}``. ``cache`` (a dict kept by the caller) keeps the per-trace
+    counts between calls on overlapping sets of traces."""
     traces = list(traces)
-    fused: dict[tuple[str, ...], int] = {}
+    cache = {} if cache is None else cache
+    per: list[dict[tuple[str, ...], list[int]]] = []
     for t in traces:
-        for k in ort_kernel_groups(t)[0]:
-            if len(k.nodes) >= 2:
-                fused[tuple(k.ops)] = fused.get(tuple(k.ops), 0) + 1
+        key = ("fused", id(t))
+        if key not in cache:
+            fused: dict[tuple[str, ...], int] = {}
+            for k in ort_kernel_groups(t)[0]:
+                for n in range(2, len(k.ops) + 1):
+                    fused[tuple(k.ops[:n])] = fused.get(tuple(k.ops[:n]), 0) + 1
+            cache[key] = fused
+        per.append(cache[key])
+    candidates = sorted({p for f in per for p in f})
     stats: dict[str, dict[str, int]] = {}
     kept = []
-    for pattern, n in sorted(fused.items()):
+    for pattern in candidates:
         single = FusionRules([pattern])
         if tuple(single.patterns[0] if single.patterns else ()) != pattern:
             continue   # not a canonical chain
-        occurs = sum(1 for t in traces for k in detect_kernels(t.graph, single) if tuple(k.ops) == pattern)
+        occurs = 0
+        for t in traces:
+            key = ("occurs", id(t), pattern)
+            if key not in cache:
+                cache[key] = sum(1 for k in detect_kernels(t.graph, single) if tuple(k.ops) == pattern)
+            occurs += cache[key]
+        n = sum(f.get(pattern, 0) for f in per)
+        if not occurs:
+            continue
         stats["-".join(pattern)] = {"fused": n, "occurs": occurs}
-        if occurs and n / occurs >= min_share:
+        if n / occurs >= min_share:
             kept.append(pattern)
     return FusionRules(kept), stats
 
 
+def rule_labels(trace: NodeTrace, rules: FusionRules, absorb_layout: bool = True) -> list[tuple[Kernel, float]]:
+    """The kernels of a traced network under ``rules``, each with the time of the nodes named after its ops (ms;
+    0 for a kernel ONNX Runtime ran inside a neighbour's node), and the layout conversions: in the kernel on their
+    plain side (``absorb_layout``), or as kernels of their own. These are the labels a model pricing
+    ``detect_kernels(graph, rules)`` is fitted on."""
+    prof = profile_from_trace(trace, rules)
+    kernels, ms = prof.kernels, prof.kernel_ms.astype(np.float64).copy()
+    kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
+    rows: list[tuple[Kernel, float]] = []
+    for op_type, t, src, dst in trace.reorders:
+        side = (dst[0] if dst else None) if op_type == "ReorderOutput" or src not in kernel_of else src
+        if absorb_layout and side in kernel_of:
+            ms[kernel_of[side]] += t
+        elif op_type in _KINDS and t > 0:
+            rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    return [(k, float(t)) for k, t in zip(kernels, ms)] + rows
 
-def _priced(k: Kernel) -> bool:
-    return not (k.ops and all(op in ("dropout", "identity") for op in k.ops))
+
+_ALWAYS_FREE = ("dropout", "identity")
 
 
-def _terms(kernels: Sequence[Kernel]) -> tuple[float, float]:
+def _priced(k: Kernel, free_types: Iterable[str] = ()) -> bool:
+    return not ((k.ops and all(op in _ALWAYS_FREE for op in k.ops)) or k.type in free_types)
+
+
+def _terms(kernels: Sequence[Kernel], free_types: Iterable[str] = ()) -> tuple[float, float]:
     """(priced kernels, their weights in millions): the quantities of the network term."""
-    priced = [k for k in kernels if _priced(k)]
+    free_types = set(free_types)
+    priced = [k for k in kernels if _priced(k, free_types)]
     return float(len(priced)), float(sum(k.features["params"] for k in priced))
 
 
@@ -157,6 +197,9 @@ class InNetworkModel:
         Factor on every kernel's regressor (1; :func:`fit` does not change it).
     absorb_layout : bool
         Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
+    free_types : frozenset of str
+        Kernel types priced 0 ms: ONNX Runtime ran them inside a neighbour's node (no node named after any of
+        their ops) in most of their labelled occurrences; they count in no network term.
     fallback : LatencyPredictor, optional
         Prices kernel types without labels: their ops are split into that predictor's kernels (its own fusion
         rules) and priced by it. Without it, the longest fitted prefix or the pooled regressor does.
@@ -172,31 +215,42 @@ class InNetworkModel:
     scale: float = 1.0
     absorb_layout: bool = False
     fallback: Any = None
+    free_types: frozenset = frozenset()
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
             rules: FusionRules | None = None, seed: int = 0, max_rows: int = 250,
-            absorb_layout: bool = False, fallback: Any = None) -> "InNetworkModel":
+            absorb_layout: bool = False, fallback: Any = None, labels: str = "rules") -> "InNetworkModel":
         """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
         the trace's own run time is used). With ``absorb_layout`` the conversions' time is fitted into the
-        kernels on their plain side (:func:`trace_labels`; use ``block=0`` then). ``fallback``: see the class.
+        kernels on their plain side (use ``block=0`` then). ``labels``: ``"rules"`` fits the kernels the rules
+        detect, each labelled with the nodes named after its ops (:func:`rule_labels`; types mostly without a
+        node of their own become :attr:`free_types`); ``"groups"`` fits the kernels as ONNX Runtime fused them
+        (:func:`trace_labels`). ``fallback``: see the class.
         A kernel type with more than ``max_rows`` labels is fitted on a seeded
         random sample of that many (the fit's time grows with them)."""
         from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
 
         rules = rules if rules is not None else derive_fusion_rules(traces)[0]
         by_type: dict[str, list[tuple[dict, float]]] = {}
+        zeros: dict[str, list[bool]] = {}
         for t in traces:
-            for k, ms in trace_labels(t, absorb_layout):
+            rows = rule_labels(t, rules, absorb_layout) if labels == "rules" else trace_labels(t, absorb_layout)
+            for k, ms in rows:
+                zeros.setdefault(k.type, []).append(ms <= 0)
+                if ms <= 0:
+                    continue
                 by_type.setdefault(k.type, []).append((k.features, ms))
                 if k.type.split("-")[0] not in _MAC_MAIN:
                     by_type.setdefault(POOLED, []).append((k.features, ms))
+        free = frozenset(t for t, z in zeros.items() if np.mean(z) >= 0.5)
         rng = random.Random(seed)
         by_type = {k: (v if len(v) <= max_rows else rng.sample(v, max_rows))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
-        model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout, fallback=fallback)
+        model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout, fallback=fallback,
+                    free_types=free)
         truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
         model.fit_network_term([t.graph for t in traces], truth)
         return model
@@ -206,7 +260,7 @@ class InNetworkModel:
         x, y = [], []
         for g, meas in zip(graphs, measured_ms):
             kernels = self.kernels(g)
-            x.append([float(self._kernel_ms(kernels).sum()), 1.0, *_terms(kernels)])
+            x.append([float(self._kernel_ms(kernels).sum()), 1.0, *_terms(kernels, self.free_types)])
             y.append(float(meas))
         self.overhead = _fit_overhead(np.asarray(x), np.asarray(y))
         self.fallbacks = {}
@@ -239,7 +293,7 @@ class InNetworkModel:
         out = np.zeros(len(kernels))
         by: dict[str, list[int]] = {}
         for i, k in enumerate(kernels):
-            if not _priced(k):
+            if not _priced(k, self.free_types):
                 continue
             if k.type not in self.specs and self.fallback is not None and k.nodes:
                 self.fallbacks[k.type] = self.fallbacks.get(k.type, 0) + 1
@@ -259,7 +313,7 @@ class InNetworkModel:
     def network_ms(self, kernels: Sequence[Kernel]) -> float:
         """Latency of a network made of ``kernels``: their sum and the network term, ms."""
         a, b, c = self.overhead
-        n, params = _terms(kernels)
+        n, params = _terms(kernels, self.free_types)
         return float(self.kernel_latencies(kernels).sum() + a + b * n + c * params)
 
     def predict(self, graph: OpGraph) -> float:
@@ -295,7 +349,10 @@ class InNetworkModel:
         if self.block:
             raise ValueError("a predictor prices the network's own kernels: fit with block=0 and absorb_layout")
         a, b, c = self.overhead
-        own = sorted(t for t in self.specs if t != POOLED)
+        # a free single-op type is written as a zero-cost op (a spec would price it); a free chain cannot be
+        # written as free and keeps its regressor (fitted on the occurrences that had a node of their own)
+        free_ops = {t for t in self.free_types if "-" not in t}
+        own = sorted(t for t in self.specs if t != POOLED and t not in free_ops)
         regressors = {t: self.regressors[t] for t in own}
         specs = {t: self.specs[t] for t in own}
         scale = {t: float(self.scale) for t in own}
@@ -304,7 +361,7 @@ class InNetworkModel:
         borrowed: list[str] = []
         if complete_from is not None:
             theirs = complete_from.kernel_specs
-            borrowed = sorted(t for t in complete_from.regressors if t not in regressors)
+            borrowed = sorted(t for t in complete_from.regressors if t not in regressors and t not in free_ops)
             for t in borrowed:
                 regressors[t] = complete_from.regressors[t]
                 specs[t] = theirs[t]
@@ -330,7 +387,8 @@ class InNetworkModel:
                                      "end-to-end medians in relative error",
                          "borrowed_kernel_types": borrowed,
                          "borrowed_from": complete_from.name if complete_from is not None else None},
-            "fusion_rules": self.rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
+            "fusion_rules": self.rules.to_list(),
+            "zero_cost_ops": sorted(set(ZERO_COST_OPS) | free_ops),
             "model_overhead_ms": float(max(a, 0.0)), "kernels": specs,
             "calibration": {"intercept_ms": 0.0, "kernel_scale": scale, "kernel_terms": terms},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
@@ -339,4 +397,4 @@ class InNetworkModel:
             meta["transfer"] = transfer
         return write_predictor(path, meta, regressors)
 
-__all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "trace_labels"]
+__all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "rule_labels", "trace_labels"]

@@ -143,3 +143,22 @@ def test_a_completed_predictor_prices_types_without_labels_as_the_isolated_one(t
     assert borrowed                                    # the lone conv (no relu) had no label
     for k, a, b in borrowed:                           # the isolated price plus the network term's slopes
         assert a == pytest.approx(b + 0.002 + 0.01 * k.features["params"], rel=1e-9)
+
+
+def test_rule_labels_give_kernels_ort_ran_inside_a_neighbour_zero_and_the_model_prices_them_free(traces):
+    from hwnas.builder._context import rule_labels
+    from hwnas.kernels import FusionRules
+
+    rules = FusionRules([["conv", "relu"]])            # ORT also fuses the residual add and its relu
+    for t in traces:
+        rows = rule_labels(t, rules)
+        total = sum(n[2] for n in t.nodes) + sum(r[1] for r in t.reorders)
+        assert sum(ms for _, ms in rows) == pytest.approx(total, rel=1e-9)
+        by = {k.type: ms for k, ms in rows}
+        assert by["add"] == 0 and by["relu"] == 0 and by["conv"] > 0   # the add and relu ran in the conv's node
+    model = InNetworkModel.fit(traces, block=0, absorb_layout=True, rules=rules)
+    assert {"add", "relu"} <= model.free_types
+    kernels = model.kernels(traces[0].graph)
+    ms = model.kernel_latencies(kernels)
+    assert all(m == 0 for k, m in zip(kernels, ms) if k.type in ("add", "relu"))
+    assert all(m > 0 for k, m in zip(kernels, ms) if k.type not in ("add", "relu"))
