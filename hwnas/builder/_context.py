@@ -162,9 +162,9 @@ def _terms(kernels: Sequence[Kernel], free_types: Iterable[str] = ()) -> tuple[f
 def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Fit the network term ``y - kernel_sum ≈ a + b * kernels + c * Mweights`` (``x`` rows: ``[kernel_sum, 1,
     kernels, Mweights]``; ``y``: measured ms) in relative error (each network weighs as much as any other,
-    whatever its latency), every coefficient >= 0: a network term never makes a network faster. The labels are
-    in-network times, so the kernel sum is not rescaled (a free factor on it trades off against ``c`` and
-    extrapolates badly to families not fitted on). Returns ``(a, b, c)``."""
+    whatever its latency), every coefficient >= 0: a network term never makes a network faster. The kernel sum
+    is taken as given (a factor fitted jointly with ``c`` trades off against it and extrapolates badly to families
+    not fitted on; :meth:`InNetworkModel.fit_network_term` fixes its scale first). Returns ``(a, b, c)``."""
     from scipy.optimize import lsq_linear
 
     if len(y) == 0:
@@ -194,7 +194,7 @@ class InNetworkModel:
         counts the priced ones, ``weights`` is the total of their ``params`` feature, in millions). Both are sums
         over kernels, so the term is additive over a search space's blocks and latency tables stay exact.
     scale : float
-        Factor on every kernel's regressor (1; :func:`fit` does not change it).
+        Factor on every kernel's regressor (:meth:`fit_network_term`).
     absorb_layout : bool
         Whether the conversions' time is in the kernels on their plain side (:func:`trace_labels`).
     free_types : frozenset of str
@@ -255,14 +255,22 @@ class InNetworkModel:
         model.fit_network_term([t.graph for t in traces], truth)
         return model
 
-    def fit_network_term(self, graphs: Sequence[OpGraph], measured_ms: Sequence[float]) -> None:
-        """Fit :attr:`overhead` on networks' end-to-end latencies (ms) against their kernel sums."""
-        x, y = [], []
-        for g, meas in zip(graphs, measured_ms):
-            kernels = self.kernels(g)
-            x.append([float(self._kernel_ms(kernels).sum()), 1.0, *_terms(kernels, self.free_types)])
-            y.append(float(meas))
-        self.overhead = _fit_overhead(np.asarray(x), np.asarray(y))
+    def fit_network_term(self, graphs: Sequence[OpGraph], measured_ms: Sequence[float], rescale: bool = True
+                         ) -> None:
+        """Fit :attr:`scale` and :attr:`overhead` on networks' end-to-end latencies (ms).
+
+        With ``rescale``, :attr:`scale` is first the median of measured / kernel sum over the networks, within
+        [0.8, 1.25] (profiled node times run a few percent above an unprofiled run); then the network term is
+        fitted on what the scaled kernel sums leave (:func:`_fit_overhead`). Without it the scale stays 1.
+        """
+        kernels = [self.kernels(g) for g in graphs]
+        sums = np.array([float(self._kernel_ms(k).sum()) for k in kernels])
+        meas = np.asarray(measured_ms, dtype=np.float64)
+        self.scale = 1.0
+        if rescale and len(meas) and np.all(sums > 0):
+            self.scale = float(np.clip(np.median(meas / sums), 0.8, 1.25))
+        x = [[self.scale * sm, 1.0, *_terms(k, self.free_types)] for sm, k in zip(sums, kernels)]
+        self.overhead = _fit_overhead(np.asarray(x).reshape(len(x), 4), meas)
         self.fallbacks = {}
 
     def kernels(self, graph: OpGraph) -> list[Kernel]:
@@ -334,7 +342,8 @@ class InNetworkModel:
         The network term goes into the calibration: ``a`` as the per-call overhead, ``b`` and ``c`` as the
         per-kernel and per-million-weights terms of every kernel type. Kernel types with labels of their own are
         written; with ``complete_from`` (an isolated-kernel predictor of the same machine), every type of that
-        predictor the labels lack is written too, with its regressor, transfer pair, factor and terms, so ops no
+        predictor the labels lack is written too, with its regressor, transfer pair, factor and terms (both times
+        :attr:`scale`), so ops no
         zoo network had in ONNX Runtime's graph (a ``permute`` from a module) are priced as that predictor
         prices them. Without it such a type raises ``UnknownKernelError`` when priced (no pooled or prefix
         fallback is written). Conversion kernels need ``absorb_layout`` (the predictor prices the network's own
@@ -365,11 +374,10 @@ class InNetworkModel:
             for t in borrowed:
                 regressors[t] = complete_from.regressors[t]
                 specs[t] = theirs[t]
-                scale[t] = float(complete_from.kernel_scale.get(t, 1.0))
-                extra = dict(complete_from.kernel_terms.get(t, {}))
-                terms[t] = {"per_kernel": extra.get("per_kernel", 0.0) + float(b),
-                            "per_mparam": extra.get("per_mparam", 0.0) + float(c),
-                            **{k: v for k, v in extra.items() if k not in ("per_kernel", "per_mparam")}}
+                scale[t] = float(complete_from.kernel_scale.get(t, 1.0)) * float(self.scale)
+                extra = {k: float(v) * float(self.scale) for k, v in complete_from.kernel_terms.get(t, {}).items()}
+                terms[t] = {**extra, "per_kernel": extra.get("per_kernel", 0.0) + float(b),
+                            "per_mparam": extra.get("per_mparam", 0.0) + float(c)}
             if complete_from.transfer_default is not None:
                 transfer = {"form": "in-network types as fitted; borrowed types as " + complete_from.name,
                             "kernel_types": {**{t: [0.0, 1.0] for t in own},
