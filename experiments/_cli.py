@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 from hwnas.cli import DeprecatedAlias
 
 __all__ = ["DeprecatedAlias", "add_data_args", "add_out_dir_arg", "apply_override", "load_sections",
            "parse_with_config", "read_yaml", "yaml_defaults"]
+
+
+def fail(message: str) -> NoReturn:
+    """End a command-line program on a user error: one ``error:`` line on stderr, exit status
+    :data:`hwnas.errors.EXIT_ERROR` (the policy of every entry point and benchmark)."""
+    from hwnas.errors import EXIT_ERROR
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_ERROR)
 
 
 def add_out_dir_arg(parser: argparse.ArgumentParser, default: str | None, help: str) -> argparse.Action:

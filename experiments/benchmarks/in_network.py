@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments._cli import fail
+
 METHODS = ("shipped", "oracle", "derived", "derived_no_layout", "absorbed")
 LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "derived": "in-net, derived rules",
           "derived_no_layout": "  ... no conversions", "absorbed": "in-net, conv. absorbed",
@@ -152,11 +154,11 @@ def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: in
 
     traced = {r["device"] for r in rows if r["device"]}
     if traced != {describe(fp)}:
-        raise SystemExit(f"error: the traces were taken on {sorted(traced)}, this machine is {describe(fp)}: a "
+        fail(f"the traces were taken on {sorted(traced)}, this machine is {describe(fp)}: a "
                          "predictor written here would carry the wrong machine's fingerprint; write it where the "
                          "traces were taken")
     if fallback is not None and str(fallback.metadata.get("protocol", {}).get("labels", "")).startswith("in-network"):
-        raise SystemExit(f"error: {fallback.name!r} is itself an in-network predictor; name the isolated-kernel "
+        fail(f"{fallback.name!r} is itself an in-network predictor; name the isolated-kernel "
                          "predictor to complete it from with --predictor")
     rules, stats = derive_fusion_rules(r["trace"] for r in rows)
     model = InNetworkModel.fit([r["trace"] for r in rows], [r["measured_ms"] for r in rows], block=0, rules=rules,

@@ -36,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments._cli import fail
+
 STATISTICS = ("min", "p10", "p25", "median", "trimmed_mean", "mean")
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,7 +72,7 @@ def build_model(name: str, input_size: int) -> tuple[Any, tuple[int, ...]]:
     if name.startswith("ref:"):
         items = reference_workload()
         if name[4:] not in items:
-            raise SystemExit(f"unknown reference item {name!r}; known: {['ref:' + k for k in items]}")
+            fail(f"unknown reference item {name!r}; known: {['ref:' + k for k in items]}")
         return items[name[4:]]
     shape = (1, 3, input_size, input_size)
     if name in SMALL_NETS:
@@ -80,7 +82,7 @@ def build_model(name: str, input_size: int) -> tuple[Any, tuple[int, ...]]:
     try:
         return torchvision.models.get_model(name, weights=None).eval(), shape
     except ValueError as e:
-        raise SystemExit(f"unknown model {name!r}: {e}") from e
+        fail(f"unknown model {name!r}: {e}")
 
 
 # ----------------------------------------------------------------------------------------------------- worker

@@ -51,6 +51,8 @@ from typing import Any
 
 import torch
 
+from experiments._cli import fail
+
 SPOS_PLAIN_LIMIT = 1.15
 """Goal of issue 17: SPOS supernet step time at most this many times its plain path's."""
 QUICK = {"method": "spos", "image_size": 32, "batch_size": 64, "steps": 8, "warmup_steps": 2}
@@ -126,7 +128,7 @@ def _data(args: argparse.Namespace) -> tuple[Any, Any]:
     cut = int(len(x) * 0.8)
     needed = args.batch_size * 2
     if cut < needed or len(x) - cut < args.batch_size:
-        raise SystemExit(f"--data {args.data} has {len(x)} images: too few for batch size {args.batch_size}")
+        fail(f"--data {args.data} has {len(x)} images: too few for batch size {args.batch_size}")
     return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
 
 

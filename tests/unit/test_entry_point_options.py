@@ -57,3 +57,13 @@ def test_build_and_adapt_take_out_dir_and_the_old_out_with_a_note(capsys):
         assert "--out is deprecated" in capsys.readouterr().err
         with pytest.raises(SystemExit):   # one of them is required
             parser.parse_args([sub])
+
+
+def test_a_benchmark_ends_a_user_error_with_one_error_line_and_status_2(capsys):
+    from experiments._cli import fail
+    from hwnas.errors import EXIT_ERROR
+
+    with pytest.raises(SystemExit) as e:
+        fail("--data x has 3 images: too few for batch size 64")
+    assert e.value.code == EXIT_ERROR == 2
+    assert capsys.readouterr().err == "error: --data x has 3 images: too few for batch size 64\n"
