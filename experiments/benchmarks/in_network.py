@@ -84,7 +84,7 @@ def _noise(passes: list[float]) -> float | None:
 
 
 def _tau(x: list[float], y: list[float]) -> float | None:
-    from scipy.stats import kendalltau, spearmanr   # noqa: F401
+    from scipy.stats import kendalltau
 
     if len(x) < 3:
         return None

@@ -57,6 +57,23 @@ def conversion_kernel(kind: str, shape: Sequence[int]) -> Kernel:
     return Kernel(kind, [], {k: float(v) for k, v in f.items()})
 
 
+def _place_conversions(trace: NodeTrace, kernels: Sequence[Kernel], ms: Any, absorb_layout: bool
+                       ) -> tuple[np.ndarray, list[tuple[Kernel, float]]]:
+    """The trace's layout conversions: with ``absorb_layout`` each one's time added to the kernel on its plain
+    side (the reader of a ``to_plain``, the writer of a ``to_blocked``, else its reader), otherwise, or when that
+    side is in no kernel, a conversion kernel of its own. Returns the kernels' times (a copy) and those rows."""
+    ms = np.array(ms, dtype=np.float64)
+    kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
+    rows: list[tuple[Kernel, float]] = []
+    for op_type, t, src, dst in trace.reorders:
+        side = (dst[0] if dst else None) if op_type == "ReorderOutput" or src not in kernel_of else src
+        if absorb_layout and side in kernel_of:
+            ms[kernel_of[side]] += t
+        elif op_type in _KINDS and t > 0:
+            rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    return ms, rows
+
+
 def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Kernel, float]]:
     """Every kernel of a traced network as ONNX Runtime ran it, with its in-network time (ms); kernels with no
     timed node (0 ms) are left out.
@@ -68,20 +85,7 @@ def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Ke
     cause, and the network's kernels stay those the graph has (which keeps latency tables exact).
     """
     kernels, ms = ort_kernel_groups(trace)
-    ms = np.array(ms, dtype=np.float64)
-    rows: list[tuple[Kernel, float]] = []
-    if absorb_layout:
-        kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
-        for op_type, t, src, dst in trace.reorders:
-            side = (dst[0] if dst else None) if op_type == "ReorderOutput" or src not in kernel_of else src
-            if side in kernel_of:
-                ms[kernel_of[side]] += t
-            elif op_type in _KINDS:
-                rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
-    else:
-        for op_type, t, src, _ in trace.reorders:
-            if t > 0 and op_type in _KINDS:
-                rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    ms, rows = _place_conversions(trace, kernels, ms, absorb_layout)
     return [(k, float(t)) for k, t in zip(kernels, ms) if t > 0] + rows
 
 
@@ -133,15 +137,8 @@ def rule_labels(trace: NodeTrace, rules: FusionRules, absorb_layout: bool = True
     plain side (``absorb_layout``), or as kernels of their own. These are the labels a model pricing
     ``detect_kernels(graph, rules)`` is fitted on."""
     prof = profile_from_trace(trace, rules)
-    kernels, ms = prof.kernels, prof.kernel_ms.astype(np.float64).copy()
-    kernel_of = {n.name: i for i, k in enumerate(kernels) for n in k.nodes}
-    rows: list[tuple[Kernel, float]] = []
-    for op_type, t, src, dst in trace.reorders:
-        side = (dst[0] if dst else None) if op_type == "ReorderOutput" or src not in kernel_of else src
-        if absorb_layout and side in kernel_of:
-            ms[kernel_of[side]] += t
-        elif op_type in _KINDS and t > 0:
-            rows.append((conversion_kernel(_KINDS[op_type], _tensor_shape(trace.graph, src)), float(t)))
+    kernels = prof.kernels
+    ms, rows = _place_conversions(trace, kernels, prof.kernel_ms, absorb_layout)
     return [(k, float(t)) for k, t in zip(kernels, ms)] + rows
 
 
