@@ -4,8 +4,8 @@
   sampled subnet with :func:`hwnas.train.train_model` (the trainer of hwnas's plain random search too, so times per
   trial compare), looks up the subnet's predicted latency, MACs and parameters in the experiment's latency table,
   optionally saves the trained weights, and reports ``{"default": accuracy, "latency_ms", "macs", "params", ...}``.
-- :func:`traced_dataset` — a dataset of :class:`hwnas.data.DataConfig` as an ``nni.trace``-d call of
-  :func:`hwnas.data.load_dataset`: NNI sends the call (about 100 bytes) to a trial, which rebuilds the data itself.
+- :func:`traced_dataset` — a dataset of :class:`hwnas.data.DataConfig` as an ``nni.trace``-d
+  :class:`LoadedDataset` (a call of :func:`hwnas.data.load_dataset`): NNI sends the call (about 100 bytes) to a trial, which rebuilds the data itself.
 - :class:`TrialRecorder` — a strategy middleware that keeps every trial's full result dict (NNI's ``Metrics`` keeps
   only ``"default"``), in memory and as JSON lines, for both the sequential and the training-service engine.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import nni
+from torch.utils.data import Dataset
 from nni.nas.execution.event import ModelEventType
 from nni.nas.strategy.middleware import StrategyMiddleware
 
@@ -33,7 +34,7 @@ from hwnas.errors import HwnasError
 from hwnas.files import append_jsonl, atomic_write, read_jsonl
 from hwnas.nas._compat import plain_arch
 
-__all__ = ["TrialRecorder", "arch_key", "evaluate_architecture", "read_records", "traced_dataset",
+__all__ = ["LoadedDataset", "TrialRecorder", "arch_key", "evaluate_architecture", "read_records", "traced_dataset",
            "weights_path"]
 
 
@@ -48,18 +49,38 @@ def weights_path(weights_dir: str | os.PathLike, arch: Mapping[str, str]) -> Pat
     return Path(weights_dir) / f"{arch_key(arch)}.pt"
 
 
+class LoadedDataset(Dataset):
+    """:func:`hwnas.data.load_dataset` ``(name, split, **kwargs)`` held in a dataset type of hwnas's own.
+
+    Why a class of its own: ``nni.trace`` of a *function* makes the class of the returned object traceable in place,
+    so tracing ``load_dataset`` itself would patch ``TensorDataset`` (or ``CIFAR10``, ``ImageFolder``) for the
+    whole process, and every later plain ``TensorDataset`` would then break NNI's own evaluators (``KeyError:
+    '_nni_symbol'`` from ``Classification``). ``nni.trace`` of a class makes a traced subclass and patches
+    nothing. Items and length are the loaded dataset's (``dataset``).
+    """
+
+    def __init__(self, name: str, split: str, **kwargs: Any) -> None:
+        from hwnas.data import load_dataset
+
+        self.dataset = load_dataset(name, split, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+
 def traced_dataset(data: Any, split: str) -> Any:
     """The ``split`` dataset of a :class:`hwnas.data.DataConfig`, built now and recorded as a traced call.
 
-    NNI serialises the result as the call ``hwnas.data.load_dataset(name, split, root=..., image_size=...)`` (not
-    its tensors), so trial payloads stay small and each trial process rebuilds the data. Building it here also
-    makes a missing path or a malformed dataset fail in the launcher (:class:`hwnas.errors.DataError`), before
-    any trial starts.
+    NNI serialises the result as the call ``LoadedDataset(name, split, root=..., image_size=...)`` (not its
+    tensors), so trial payloads stay small and each trial process rebuilds the data. Building it here also makes a
+    missing path or a malformed dataset fail in the launcher (:class:`hwnas.errors.DataError`), before any trial
+    starts. No class outside hwnas is patched (see :class:`LoadedDataset`).
     """
-    from hwnas.data import load_dataset
-
     extra = {"val_fraction": data.val_fraction, "seed": data.seed} if data.name == "digits" else {}
-    return nni.trace(load_dataset)(data.name, split, root=data.root, image_size=data.image_size, **extra)
+    return nni.trace(LoadedDataset)(data.name, split, root=data.root, image_size=data.image_size, **extra)
 
 
 def evaluate_architecture(model: Any, *, train_data: Any, val_data: Any, train: Mapping[str, Any],

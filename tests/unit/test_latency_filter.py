@@ -192,6 +192,19 @@ def test_traced_datasets_travel_as_small_calls():
 
     ds = traced_dataset(DataConfig(), "val")
     payload = nni.dump(ds)
-    assert len(payload) < 300 and "hwnas.data.load_dataset" in payload
+    assert len(payload) < 300 and "hwnas.nas._trial.LoadedDataset" in payload
     back = nni.load(payload)
-    assert len(back) == len(ds) and bool((back.tensors[0] == ds.tensors[0]).all())
+    assert len(back) == len(ds) and bool((back.dataset.tensors[0] == ds.dataset.tensors[0]).all())
+
+
+def test_traced_datasets_patch_no_torch_class():
+    # Tracing a function returning a TensorDataset made NNI patch TensorDataset in place; a plain one then broke
+    # NNI's Classification evaluator (KeyError: '_nni_symbol') for the rest of the process.
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from hwnas.data import DataConfig
+
+    traced_dataset(DataConfig(), "val")
+    plain = TensorDataset(torch.zeros(2, 1))
+    assert not hasattr(plain, "trace_symbol")
