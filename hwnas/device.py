@@ -240,8 +240,12 @@ def same_runtime(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def describe(fp: Mapping[str, Any]) -> str:
-    """One line for logs: CPU model, arch, flags summary, cores, runtime versions."""
-    rt = ", ".join(f"{k} {v}" for k, v in (fp.get("runtimes") or {}).items() if v)
+    """One line for logs: CPU model, arch, flags summary, cores, runtime versions (torch, onnxruntime, numpy, then
+    any other in name order, whatever the order a stored fingerprint keeps them in)."""
+    runtimes = dict(fp.get("runtimes") or {})
+    order = [k for k in ("torch", "onnxruntime", "numpy") if k in runtimes] + sorted(
+        k for k in runtimes if k not in ("torch", "onnxruntime", "numpy"))
+    rt = ", ".join(f"{k} {runtimes[k]}" for k in order if runtimes[k])
     sig = f", {fp['cpu_signature']}" if fp.get("cpu_signature") else ""
     return (f"{fp.get('cpu_model')} ({fp.get('arch')}, {isa_level(fp)}{sig}, {fp.get('usable_cores')} usable cores"
             f"{', VM' if fp.get('virtualized') else ''}); {rt}; python {fp.get('python', sys.version.split()[0])}")

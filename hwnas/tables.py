@@ -44,10 +44,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from hwnas._boundaries import boundary_op_pairs, check_boundaries, graph_ends, space_slots
 from hwnas.errors import ArchitectureError, FusionBoundaryError, TableFileError
 from hwnas.files import atomic_write
 
-__all__ = ["FusionBoundaryError", "LatencyTable", "TableFileError", "SCHEMA", "SCHEMA_VERSION"]
+__all__ = ["FusionBoundaryError", "LatencyTable", "SCHEMA", "SCHEMA_VERSION", "TableFileError", "boundary_op_pairs"]
 
 SCHEMA = "hwnas.latency_table"
 SCHEMA_VERSION = 2   # 2: multiply-accumulates are "macs" (version 1 called them "flops"; still read)
@@ -407,15 +408,6 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True))
 
 
-def _layout(space: Any, shape: tuple[int, ...]) -> list[Any]:
-    import search_spaces as ss
-
-    try:
-        return ss.layout(space, shape)
-    except ValueError:   # mutated in place by a one-shot strategy: its structure is still its config's
-        return ss.layout(type(space)(space.config), shape)
-
-
 def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[str, Any],
              progress: bool) -> dict[str, Any]:
     """The table document: price, count and check every slot candidate."""
@@ -426,7 +418,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
     from hwnas.kernels import op_macs
 
     batch = shape[0]
-    slots = _layout(space, shape)
+    slots = space_slots(space, shape)
     fixed_slots: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     ends: list[dict[str, tuple[set[str], str | None, bool]]] = []   # per slot: choice -> (tails, head, empty)
@@ -445,7 +437,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
             if macs % batch:
                 raise ValueError(f"{slot.name}:{choice}: {macs} MACs are not a multiple of the batch {batch}")
             rows[choice] = (ms, macs // batch, sum(p.numel() for p in module.parameters()))
-            slot_ends[choice] = _ends(graph)
+            slot_ends[choice] = graph_ends(graph)
         ends.append(slot_ends)
         if slot.label is None:
             ms, macs, params = rows["fixed"]
@@ -455,7 +447,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
             blocks.append({"label": slot.label, "choices": names,
                            "latency_ms": [rows[c][0] for c in names], "macs": [rows[c][1] for c in names],
                            "params": [rows[c][2] for c in names]})
-    _check_boundaries(slots, ends, predictor)
+    check_boundaries(slots, ends, predictor)
     overhead = float(predictor.overhead_ms)
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "hwnas_version": __version__, "units": dict(UNITS),
@@ -466,51 +458,6 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
                   "slots": fixed_slots},
         "blocks": blocks,
     }
-
-
-def _ends(graph: Any) -> tuple[set[str], str | None, bool]:
-    """(ops of the nodes nobody reads, op of the single reader of the input or None, graph is empty)."""
-    read = {i for node in graph.nodes for i in node.inputs}
-    tails = {node.op for node in graph.nodes if node.name not in read}
-    source = graph.inputs[0] if graph.inputs else "input"
-    readers = [node for node in graph.nodes for i in node.inputs if i == source]
-    return tails, (readers[0].op if len(readers) == 1 else None), not graph.nodes
-
-
-def _check_boundaries(slots: list[Any], ends: list[dict[str, tuple[set[str], str | None, bool]]],
-                      predictor: Any) -> None:
-    """Raise :class:`FusionBoundaryError` if a rule can chain an op of a slot into the next slot's first op."""
-    pairs: dict[tuple[str, str], str] = {}
-    for pattern in predictor.rules.patterns:
-        for a, b in zip(pattern, pattern[1:]):
-            pairs.setdefault((a, b), "-".join(pattern))
-    if not pairs:
-        return
-    # (op, slot name, choice) of the outputs that can reach the current boundary; an empty candidate (none in
-    # the built-in spaces) passes its input through, so the outputs before it reach the next boundary too.
-    reaching: list[tuple[str, str, str]] = []
-    problems: dict[tuple[str, str, str, str, str], tuple[set[str], set[str]]] = {}
-    for slot, slot_ends in zip(slots, ends):
-        for choice, (_, head, empty) in slot_ends.items():
-            if head is None or empty:
-                continue
-            for op, where, before in reaching:
-                if (op, head) in pairs:
-                    key = (pairs[op, head], op, where, head, slot.name)
-                    problems.setdefault(key, (set(), set()))
-                    problems[key][0].add(before)
-                    problems[key][1].add(choice)
-        passthrough = any(empty for _, _, empty in slot_ends.values())
-        outs = [(op, slot.name, choice) for choice, (tails, _, _) in slot_ends.items() for op in sorted(tails)]
-        reaching = outs + (reaching if passthrough else [])
-    if problems:
-        lines = [f"rule {rule!r} fuses {op!r} ending {where} ({', '.join(sorted(a))}) with {head!r} starting "
-                 f"{name} ({', '.join(sorted(b))})" for (rule, op, where, head, name), (a, b) in problems.items()]
-        shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more boundaries" if len(lines) > 3 else "")
-        raise FusionBoundaryError(
-            f"predictor {predictor.name!r}: a per-block latency table would not be exact: {shown}. The kernels of "
-            "a network would depend on neighbouring blocks (pairwise terms, which this table does not have); "
-            "score whole subnets with predictor.predict instead")
 
 
 # ----- documents -----------------------------------------------------------------------------------------------------

@@ -101,10 +101,20 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
     return float(r) if np.isfinite(r) else None
 
 
+def block_pairs() -> list[tuple[str, str]]:
+    """The op pairs meeting across a block boundary of every registered search space (default configs): derived
+    fusion rules are cut there, so latency tables of the rebuilt predictor stay exact."""
+    import search_spaces as ss
+    from hwnas.tables import boundary_op_pairs
+
+    return sorted({p for name in ss.list_spaces() for p in boundary_op_pairs(name)})
+
+
 def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int = 5,
-             fallback: Any = None) -> dict[str, Any]:
+             fallback: Any = None, split_pairs: list[tuple[str, str]] = ()) -> dict[str, Any]:
     """Fill each row's predictions (``rows``: model, family, side, trace, measured_ms, noise); kernel types the
-    training families never showed are priced by ``fallback`` (a predictor of isolated kernels), if given."""
+    training families never showed are priced by ``fallback`` (a predictor of isolated kernels), if given; rules
+    are cut at ``split_pairs`` (:func:`block_pairs`)."""
     from tqdm.auto import tqdm
 
     from hwnas.builder import InNetworkModel, derive_fusion_rules
@@ -116,7 +126,7 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     cache: dict = {}
     for f in tqdm(families, desc="leave one family out"):
         train = [r for r in rows if r["family"] != f]
-        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache)
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs)
         rules_by_family[f] = [ "-".join(p) for p in rules.patterns]
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
                                    rules=rules, fallback=fallback)
@@ -139,7 +149,7 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     for k in tqdm(range(folds), desc="5-fold CV"):
         test = set(idx[k::folds])
         train = [rows[i] for i in idx if i not in test]
-        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache)
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs)
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
                                    rules=rules, absorb_layout=True, fallback=fallback)
         for i in test:
@@ -147,24 +157,33 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     return {"rules_by_family": rules_by_family}
 
 
-def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int, fallback: Any) -> None:
+def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int, fallback: Any,
+           split_pairs: list[tuple[str, str]]) -> None:
     from hwnas.builder import InNetworkModel, derive_fusion_rules
 
     from hwnas.device import describe
 
     traced = {r["device"] for r in rows if r["device"]}
     if traced != {describe(fp)}:
-        fail(f"the traces were taken on {sorted(traced)}, this machine is {describe(fp)}: a "
-                         "predictor written here would carry the wrong machine's fingerprint; write it where the "
-                         "traces were taken")
+        # Written elsewhere than traced: the machine's full fingerprint is the completing predictor's, when that
+        # predictor was measured on the traced machine (its description matches the traces').
+        theirs = (fallback.metadata.get("device") or {}).get("fingerprint") if fallback is not None else None
+        if not theirs or traced != {describe(theirs)}:
+            fail(f"the traces were taken on {sorted(traced)}, this machine is {describe(fp)}, and no --predictor "
+                 "of the traced machine gives its fingerprint: a predictor written here would carry the wrong "
+                 "machine's fingerprint; write it where the traces were taken, or name that machine's predictor")
+        print(f"traced on another machine: the predictor carries the fingerprint of {fallback.name!r} "
+              f"({describe(theirs)})")
+        fp = dict(theirs)
     if fallback is not None and str(fallback.metadata.get("protocol", {}).get("labels", "")).startswith("in-network"):
         fail(f"{fallback.name!r} is itself an in-network predictor; name the isolated-kernel "
                          "predictor to complete it from with --predictor")
-    rules, stats = derive_fusion_rules(r["trace"] for r in rows)
+    rules, stats = derive_fusion_rules((r["trace"] for r in rows), split_pairs=split_pairs)
     model = InNetworkModel.fit([r["trace"] for r in rows], [r["measured_ms"] for r in rows], block=0, rules=rules,
                                absorb_layout=True, fallback=fallback)
     notes = {"in_network": {"networks": len(rows), "families": sorted({r["family"] for r in rows}),
                             "end_to_end_passes": passes, "fusion_rule_evidence": stats,
+                            "rules_cut_at": ["-".join(p) for p in split_pairs],
                             "network_term_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1],
                                                 "c_per_mweight": model.overhead[2]},
                             "benchmark": "experiments/benchmarks/in_network.py"}}
@@ -276,11 +295,12 @@ def main(argv: list[str] | None = None) -> None:
                      "measured_ms": float(np.median(truth[key])), "noise": _noise(truth[key]),
                      "layout_exact": exact, "device": r.get("device")})
     dev = describe(fp)
+    pairs = block_pairs()
     if args.write_predictor:
-        _write(rows, args.write_predictor, fp, passes, None if args.no_fallback else predictor)
+        _write(rows, args.write_predictor, fp, passes, None if args.no_fallback else predictor, pairs)
         if args.skip_eval:
             return
-    extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor)
+    extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor, split_pairs=pairs)
     summary = summarise(rows)
     traced_on = sorted({r["device"] for r in rows if r["device"]})
     print(f"\nmachine now: {dev}\ntraced on: {'; '.join(traced_on)}\nblock {block} ({isa}); predictor "
@@ -290,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "fallbacks")
         Path(args.json).write_text(json.dumps({
             "machine": dev, "traced_on": traced_on, "block": block, "predictor": predictor.name, "passes": passes,
-            "summary": summary, **extra, "rows": [{k: r[k] for k in keep if k in r} for r in rows]}, indent=1))
+            "summary": summary, "rules_cut_at": ["-".join(p) for p in pairs], **extra,
+            "rows": [{k: r[k] for k in keep if k in r} for r in rows]}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
         _plot(rows, args.plot, f"in-network kernel models vs {predictor.name}, {dev}")

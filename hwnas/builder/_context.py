@@ -89,24 +89,28 @@ def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Ke
     return [(k, float(t)) for k, t in zip(kernels, ms) if t > 0] + rows
 
 
-def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cache: dict | None = None
-                        ) -> tuple[FusionRules, dict]:
+def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cache: dict | None = None,
+                        split_pairs: Iterable[tuple[str, str]] = ()) -> tuple[FusionRules, dict]:
     """Fusion rules read from traces: an op chain becomes a rule when ONNX Runtime ran it as one kernel in at
     least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Candidates are the
     op sequences of ONNX Runtime's kernels and their prefixes (a channel shuffle's ``concat-reshape-permute-
     reshape`` inside a kernel that also holds one of the two slices reading it). Returns the rules and per
     candidate pattern ``{"fused": n, "occurs": n}``. ``cache`` (a dict kept by the caller) keeps the per-trace
-    counts between calls on overlapping sets of traces."""
+    counts between calls on overlapping sets of traces (and the same ``split_pairs``). A kernel is cut between
+    two consecutive ops forming one of ``split_pairs`` (the ops meeting across a search space's block boundary,
+    :func:`hwnas.tables.boundary_op_pairs`), so that no rule fuses across blocks and latency tables stay exact."""
     traces = list(traces)
     cache = {} if cache is None else cache
+    split = frozenset(tuple(p) for p in split_pairs)
     per: list[dict[tuple[str, ...], list[int]]] = []
     for t in traces:
-        key = ("fused", id(t))
+        key = ("fused", id(t), split)
         if key not in cache:
             fused: dict[tuple[str, ...], int] = {}
             for k in ort_kernel_groups(t)[0]:
-                for n in range(2, len(k.ops) + 1):
-                    fused[tuple(k.ops[:n])] = fused.get(tuple(k.ops[:n]), 0) + 1
+                for seg in _cut(tuple(k.ops), split):
+                    for n in range(2, len(seg) + 1):
+                        fused[seg[:n]] = fused.get(seg[:n], 0) + 1
             cache[key] = fused
         per.append(cache[key])
     candidates = sorted({p for f in per for p in f})
@@ -129,6 +133,16 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cac
         if n / occurs >= min_share:
             kept.append(pattern)
     return FusionRules(kept), stats
+
+
+def _cut(ops: tuple[str, ...], split: frozenset) -> list[tuple[str, ...]]:
+    """``ops`` cut between every consecutive pair in ``split``."""
+    segments, start = [], 0
+    for i in range(1, len(ops)):
+        if (ops[i - 1], ops[i]) in split:
+            segments.append(ops[start:i])
+            start = i
+    return segments + [ops[start:]]
 
 
 def rule_labels(trace: NodeTrace, rules: FusionRules, absorb_layout: bool = True) -> list[tuple[Kernel, float]]:
@@ -202,6 +216,8 @@ class InNetworkModel:
         rules) and priced by it. Without it, the longest fitted prefix or the pooled regressor does.
     fallbacks : dict of str to int
         How many kernels of each type were priced by a fallback (since the last fit).
+    n_networks : int
+        How many networks the network term was fitted on.
     """
 
     rules: FusionRules
@@ -214,6 +230,7 @@ class InNetworkModel:
     fallback: Any = None
     free_types: frozenset = frozenset()
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
+    n_networks: int = 0
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
@@ -269,6 +286,7 @@ class InNetworkModel:
         x = [[self.scale * sm, 1.0, *_terms(k, self.free_types)] for sm, k in zip(sums, kernels)]
         self.overhead = _fit_overhead(np.asarray(x).reshape(len(x), 4), meas)
         self.fallbacks = {}
+        self.n_networks = len(meas)
 
     def kernels(self, graph: OpGraph) -> list[Kernel]:
         """The graph's kernels under the rules, plus the predicted layout conversions."""
@@ -355,10 +373,13 @@ class InNetworkModel:
         if self.block:
             raise ValueError("a predictor prices the network's own kernels: fit with block=0 and absorb_layout")
         a, b, c = self.overhead
-        # a free single-op type is written as a zero-cost op (a spec would price it); a free chain cannot be
-        # written as free and keeps its regressor (fitted on the occurrences that had a node of their own)
-        free_ops = {t for t in self.free_types if "-" not in t}
-        own = sorted(t for t in self.specs if t != POOLED and t not in free_ops)
+        from hwnas.builder._calibrate import SCALE_BOUNDS
+
+        # a free single-op type is written as a zero-cost op, a free chain as a zero-cost kernel type; ops free
+        # on every backend (dropout, identity) are never priced, not even by a borrowed regressor
+        free_ops = {t for t in self.free_types if "-" not in t} | set(ZERO_COST_OPS) | set(_ALWAYS_FREE)
+        free_chains = sorted(t for t in self.free_types if "-" in t)
+        own = sorted(t for t in self.specs if t != POOLED and t not in free_ops and t not in free_chains)
         regressors = {t: self.regressors[t] for t in own}
         specs = {t: self.specs[t] for t in own}
         scale = {t: float(self.scale) for t in own}
@@ -367,11 +388,14 @@ class InNetworkModel:
         borrowed: list[str] = []
         if complete_from is not None:
             theirs = complete_from.kernel_specs
-            borrowed = sorted(t for t in complete_from.regressors if t not in regressors and t not in free_ops)
+            borrowed = sorted(t for t in complete_from.regressors
+                              if t not in regressors and t not in free_ops and t not in free_chains)
             for t in borrowed:
                 regressors[t] = complete_from.regressors[t]
                 specs[t] = theirs[t]
-                scale[t] = float(complete_from.kernel_scale.get(t, 1.0)) * float(self.scale)
+                # within the calibration's bounds (a factor at a bound times a scale below 1 would leave them)
+                scale[t] = float(np.clip(float(complete_from.kernel_scale.get(t, 1.0)) * float(self.scale),
+                                         *SCALE_BOUNDS))
                 extra = {k: float(v) * float(self.scale) for k, v in complete_from.kernel_terms.get(t, {}).items()}
                 terms[t] = {**extra, "per_kernel": extra.get("per_kernel", 0.0) + float(b),
                             "per_mparam": extra.get("per_mparam", 0.0) + float(c)}
@@ -393,9 +417,10 @@ class InNetworkModel:
                          "borrowed_kernel_types": borrowed,
                          "borrowed_from": complete_from.name if complete_from is not None else None},
             "fusion_rules": self.rules.to_list(),
-            "zero_cost_ops": sorted(set(ZERO_COST_OPS) | free_ops),
+            "zero_cost_ops": sorted(free_ops), "zero_cost_kernels": free_chains,
             "model_overhead_ms": float(max(a, 0.0)), "kernels": specs,
-            "calibration": {"intercept_ms": 0.0, "kernel_scale": scale, "kernel_terms": terms},
+            "calibration": {"intercept_ms": 0.0, "kernel_scale": scale, "kernel_terms": terms,
+                            "n_networks": int(self.n_networks)},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
         }
         if transfer is not None:

@@ -127,11 +127,10 @@ def _fold_into_producer(graph: OpGraph, rename: dict[str, str], attrs: dict) -> 
     for n in graph.nodes:
         if n.name in rename:
             continue
-        if n.name in folded:
-            n = OpNode(n.name, n.op, list(n.inputs), list(n.input_shapes), n.output_shape, {**n.attrs, **attrs})
-        elif any(i in rename for i in n.inputs):
+        # a producer can read a dropped node too (a conv-bn reading the previous conv-bn): both are rewritten
+        if n.name in folded or any(i in rename for i in n.inputs):
             n = OpNode(n.name, n.op, [rename.get(i, i) for i in n.inputs], list(n.input_shapes), n.output_shape,
-                       n.attrs)
+                       {**n.attrs, **attrs} if n.name in folded else n.attrs)
         nodes.append(n)
     return OpGraph(nodes, graph.inputs, graph.source)
 

@@ -4,7 +4,8 @@ A predictor is plain data (see :mod:`hwnas.predictor._format`): fusion rules, th
 their feature names, and one regressor per kernel type. Prediction = capture the model (:mod:`hwnas.graph`),
 group ops into kernels by the predictor's fusion rules (:mod:`hwnas.kernels`), evaluate each kernel type's
 regressor on its kernels' features, and sum. A kernel made only of ops the backend removes
-(``zero_cost_ops``, e.g. dropout at inference) costs 0 ms *by declaration in the predictor*; any other kernel
+(``zero_cost_ops``, e.g. dropout at inference), or of a type declared free (``zero_cost_kernels``: its time
+lands on neighbouring kernels inside a network), costs 0 ms *by declaration in the predictor*; any other kernel
 without a regressor is an :class:`~hwnas.errors.UnknownKernelError`, never a silent 0.
 
 Public API for writers of predictors (the builder, benchmarks): :func:`write_predictor` and
@@ -227,6 +228,7 @@ class LatencyPredictor:
         self.backend: str = metadata["backend"]
         self.rules = FusionRules(metadata.get("fusion_rules", []))
         self.zero_cost_ops = frozenset(metadata.get("zero_cost_ops", []))
+        self.zero_cost_kernels = frozenset(metadata.get("zero_cost_kernels", []))
         #: Per-call cost of the backend (ms), paid once per model run, not once per kernel.
         self.overhead_ms = float(metadata.get("model_overhead_ms", 0.0))
         #: Per-kernel-type factors fitted on networks measured end to end (see hwnas.builder._calibrate).
@@ -338,7 +340,7 @@ class LatencyPredictor:
         for i, k in enumerate(kernels):
             if k.type in self._specs:
                 by_type.setdefault(k.type, []).append(i)
-            elif all(op in self.zero_cost_ops for op in k.ops):
+            elif k.type in self.zero_cost_kernels or all(op in self.zero_cost_ops for op in k.ops):
                 continue   # declared free on this backend
             else:
                 reason = self._unsupported.get(k.type)

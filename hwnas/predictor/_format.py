@@ -57,6 +57,9 @@ Descriptive (written by the builder, not required by the reader):
     Backend fusion rules (data for :class:`hwnas.kernels.FusionRules`).
 ``zero_cost_ops`` : [str, ...]
     Ops the backend removes (kernels made only of them cost 0 ms by declaration).
+``zero_cost_kernels`` : [str, ...], optional
+    Kernel types (``"reshape-permute-reshape"``) that cost 0 ms by declaration: measured inside networks, their
+    time lands on neighbouring kernels. Never also in ``kernels``.
 ``model_overhead_ms`` : float
     Per-call backend overhead, ms, added once per model.
 ``calibration`` : {"kernel_scale": {kernel type: float}, "intercept_ms": float, ...}
@@ -425,6 +428,12 @@ def _check_metadata(meta: dict[str, Any], where: str, exc: type[Exception] = Pre
             fail(f"kernel {ktype!r}: 'regressor' must be an object with 'kind' and 'prefix', got {reg!r}")
         if reg["kind"] not in REGRESSOR_KINDS:
             fail(f"kernel {ktype!r}: unknown regressor kind {reg['kind']!r} (known: {', '.join(REGRESSOR_KINDS)})")
+    free = meta.get("zero_cost_kernels", [])
+    if not isinstance(free, list) or not all(isinstance(t, str) and t for t in free):
+        fail(f"'zero_cost_kernels' must be a list of kernel type names, got {free!r}")
+    both = sorted(set(free) & set(kernels))
+    if both:
+        fail(f"kernel types both priced and declared free ('zero_cost_kernels'): {both}")
 
 
 def _load_npz(data: bytes, where: str) -> dict[str, np.ndarray]:

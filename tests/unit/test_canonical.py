@@ -25,6 +25,17 @@ def test_bn_after_a_conv_read_only_by_it_folds_into_a_bias():
     assert [n.op for n in f] == ["conv", "relu"] and f["c"].attrs["bias"] and f["r"].inputs == ["c"]
 
 
+def test_a_conv_bn_reading_a_folded_bn_reads_its_conv():
+    # two conv-bn in a row, the first output read twice (a residual): both folds keep every edge, so the first
+    # conv has two readers and cannot fuse with the add (it once lost its reader, and a conv-add crossed blocks)
+    g = OpGraph([_node("c1", "conv", ["input"]), _node("b1", "bn", ["c1"]), _node("c2", "conv", ["b1"]),
+                 _node("b2", "bn", ["c2"]), _node("a", "add", ["b2", "b1"])])
+    f = fold_batchnorm(g)
+    assert [n.op for n in f] == ["conv", "conv", "add"]
+    assert f["c2"].inputs == ["c1"] and f["c2"].attrs["bias"] and f["a"].inputs == ["c2", "c1"]
+    assert sorted(f.consumers("c1")) == ["a", "c2"] and f.consumers("c2") == ["a"]
+
+
 def test_bn_is_kept_where_the_conv_output_is_read_twice_or_no_conv_precedes():
     shared = OpGraph([_node("c", "conv", ["input"]), _node("b", "bn", ["c"]), _node("a", "add", ["b", "c"])])
     assert [n.op for n in fold_batchnorm(shared)] == ["conv", "bn", "add"]

@@ -61,6 +61,13 @@ def test_rules_derived_from_traces_name_the_fused_chains(traces):
     assert stats["conv-relu"]["fused"] == stats["conv-relu"]["occurs"] == len(traces)
 
 
+def test_split_pairs_cut_the_derived_rules(traces):
+    rules, stats = derive_fusion_rules(traces, split_pairs=[("conv", "add")])
+    assert ("conv", "relu") in rules.patterns
+    assert not any(("conv", "add") == tuple(p[i:i + 2]) for p in rules.patterns for i in range(len(p) - 1))
+    assert ("add", "relu") in rules.patterns                              # the cut-off tail is a rule of its own
+
+
 def test_a_model_fitted_on_labels_prices_a_network(traces):
     model = InNetworkModel.fit(traces, block=8)
     for t in traces:

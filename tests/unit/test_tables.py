@@ -309,6 +309,18 @@ def test_fusion_across_a_block_boundary_is_refused(pred):
         LatencyTable.build(space, crossing, (1, 3, 32, 32))
 
 
+def test_boundary_op_pairs_name_the_pairs_the_table_check_refuses():
+    from hwnas.tables import boundary_op_pairs
+
+    space = ss.create_space("spos", **SMALL["spos"])
+    pairs = boundary_op_pairs(space, (1, 3, 32, 32))
+    assert ("concat", "reshape") in pairs      # a shuffle block's output concat, the next block's channel shuffle
+    assert ("conv", "bn") not in pairs         # inside a block only
+    safe = [r for r in RULES + [["concat", "reshape"]] if not any(tuple(r[i:i + 2]) in pairs
+                                                                 for i in range(len(r) - 1))]
+    LatencyTable.build(space, fake_predictor(safe, name="split"), (1, 3, 32, 32))   # no FusionBoundaryError
+
+
 def test_space_mutated_by_a_strategy_is_rebuilt_from_its_config(small, pred):
     space, table = small["spos"]
     mutated = ss.create_space("spos", **SMALL["spos"])
