@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
+from hwnas.nas import DEFAULT_RANGE_FRACTION
 
 DESCRIPTION = __doc__.split("\n\n")[0]
-#: Without --target-ms the target is this fraction of the way from the fastest to the slowest architecture
-#: (:meth:`hwnas.nas.LatencyBudget.from_range`, the one-shot rule).
-TARGET_FRACTION = 0.3
 EPILOG = """\
 output (OUT_DIR): arch.json (the derived architecture, with its space, configuration and input shape), subnet.pt
 (its state dict: inherited weights, recalibrated BatchNorm), subnet_finetuned.pt (with --finetune-epochs),
@@ -56,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency predictor: auto (the one of this machine), auto:BACKEND, a name or a directory "
                         "(%(default)s)")
     g.add_argument("--target-ms", metavar="MS", type=float, default=None,
-                   help="target latency on the predictor, ms (default: 30%% of the way from the table's fastest to "
-                        "its slowest architecture)")
+                   help=f"target latency on the predictor, ms (default: {round(100 * DEFAULT_RANGE_FRACTION)}%% of the "
+                        "way from the table's fastest to its slowest architecture, as the SPOS search's budget)")
     g.add_argument("--loss", default="mul#log", choices=("mul#log", "add#linear"),
                    help="latency loss form (%(default)s)")
     g.add_argument("--loss-alpha", metavar="A", type=float, default=0.2, help="mul#log scale (%(default)s)")
@@ -166,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     shape = (1, 3, args.image_size, args.image_size)
     table = hwnas.LatencyTable.build(space, predictor, input_shape=shape, cache_dir=out / "tables")
     lo, hi = table.min_latency(), table.max_latency()
-    default = LatencyBudget.from_range(table, TARGET_FRACTION).max_ms
+    default = LatencyBudget.from_range(table).max_ms   # the one-shot rule, as the SPOS search's
     target = args.target_ms if args.target_ms is not None else default
     print(f"space {args.space} (width {args.width_mult}, {args.image_size}px), predictor {predictor.name}: "
           f"{lo:.3f} .. {hi:.3f} ms; target {target:.3f} ms ({args.loss})", flush=True)

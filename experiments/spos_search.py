@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from experiments._cli import DeprecatedAlias, add_data_args, add_out_dir_arg, parse_with_config
+from hwnas.nas import DEFAULT_RANGE_FRACTION
 
 DEFAULT_PREDICTOR = "auto"
 
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(%(default)s)")
     g.add_argument("--budget-ms", type=float, help="latency budget, ms (predicted)")
     g.add_argument("--min-ms", type=float, help="optional lower latency bound, ms")
-    g.add_argument("--budget-fraction", type=float, default=0.35,
-                   help="without --budget-ms: fastest + fraction * (slowest - fastest)")
+    g.add_argument("--budget-fraction", type=float, default=DEFAULT_RANGE_FRACTION,
+                   help="without --budget-ms: fastest + fraction * (slowest - fastest) (%(default)s)")
     g = add_data_args(p)   # --data, --data-root, --image-size, --workers: the options of every entry point
     p.set_defaults(workers=4)   # SPOS keeps workers busy on datasets that are not kept resident
     g.add_argument("--num-workers", dest="workers", type=int, action=DeprecatedAlias, new="--workers",

@@ -30,6 +30,7 @@ from hwnas._lazy import lazy_exports
 _LAZY = {
     "LatencyBudget": "hwnas.nas._budget",
     "BudgetedSampler": "hwnas.nas._budget",
+    "DEFAULT_RANGE_FRACTION": "hwnas.nas._budget",
     "RandomSearchConfig": "hwnas.nas._random_search",
     "SearchResult": "hwnas.nas._random_search",
     "run_random_search": "hwnas.nas._random_search",

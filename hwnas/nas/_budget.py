@@ -9,9 +9,9 @@ Default budgets, when the user names no ``max_ms``, follow two documented rules,
 - multi-trial searches (the random search, the NNI search): :meth:`LatencyBudget.from_table`, a quantile
   (:data:`DEFAULT_QUANTILE`) of the latency of uniformly drawn architectures: about that share of the space passes;
 - one-shot searches (the SPOS budget, the ProxylessNAS latency target): :meth:`LatencyBudget.from_range`, the
-  fastest latency plus a fraction of the space's range (``experiments/spos_search.py``: ``--budget-fraction``,
-  0.35; ``experiments/proxyless_train.py``: 0.3). A supernet search aims at a point of the range, and uniform
-  architectures concentrate in its middle, so a quantile would put the target far from the fast end.
+  fastest latency plus a fraction (:data:`DEFAULT_RANGE_FRACTION`, both entry points) of the space's range. A
+  supernet search aims at a point of the range, and uniform architectures concentrate in its middle, so a
+  quantile would put the target far from the fast end.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import numpy as np
 
 from hwnas.errors import InfeasibleBudgetError
 
-__all__ = ["BudgetedSampler", "LatencyBudget", "DEFAULT_QUANTILE", "QUANTILE_DRAWS"]
+__all__ = ["BudgetedSampler", "LatencyBudget", "DEFAULT_QUANTILE", "DEFAULT_RANGE_FRACTION", "QUANTILE_DRAWS"]
 
 #: Quantile of the space's predicted latency that :meth:`LatencyBudget.from_table` uses by default.
 DEFAULT_QUANTILE = 0.5
 #: Uniform architectures :meth:`LatencyBudget.from_table` draws (a fixed draw, seed 0).
 QUANTILE_DRAWS = 100_000
+#: Where in the space's predicted latency range :meth:`LatencyBudget.from_range` puts a one-shot budget by default.
+DEFAULT_RANGE_FRACTION = 0.35
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class LatencyBudget:
         return cls(float(np.quantile(table.latency_batch(idx), float(quantile))), min_ms)
 
     @classmethod
-    def from_range(cls, table: Any, fraction: float, *, min_ms: float | None = None) -> "LatencyBudget":
+    def from_range(cls, table: Any, fraction: float = DEFAULT_RANGE_FRACTION, *, min_ms: float | None = None
+                   ) -> "LatencyBudget":
         """The default budget of a one-shot search: ``fastest + fraction * (slowest - fastest)``, ms.
 
         Parameters
@@ -93,7 +96,7 @@ class LatencyBudget:
             The space's latency table (``min_latency``, ``max_latency``).
         fraction : float
             In ``[0, 1]``: where in the space's predicted latency range the budget lies (0: the fastest
-            architecture only).
+            architecture only); default :data:`DEFAULT_RANGE_FRACTION`.
         min_ms : float, optional
             Lower bound, ms, passed through.
 
