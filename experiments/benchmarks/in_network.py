@@ -41,7 +41,8 @@ from experiments._cli import fail
 METHODS = ("shipped", "oracle", "derived", "derived_no_layout", "absorbed")
 LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "derived": "in-net, derived rules",
           "derived_no_layout": "  ... no conversions", "absorbed": "in-net, conv. absorbed",
-          "cv": "in-net absorbed, 5-fold CV"}
+          "cv": "in-net absorbed, 5-fold CV", "raw_cv": "kernel sum, 5-fold CV",
+          "flops_lofo": "FLOPs line, LOFO"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -153,8 +154,27 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
                                    rules=rules, absorb_layout=True, fallback=fallback)
         for i in test:
-            rows[i]["cv"] = model.predict(rows[i]["trace"].graph)
+            ks = model.kernels(rows[i]["trace"].graph)
+            rows[i]["cv"] = model.network_ms(ks)
+            rows[i]["raw_cv"] = float(model.kernel_latencies(ks).sum())   # the kernel sum alone
+    _flops_lofo(rows)
     return {"rules_by_family": rules_by_family}
+
+
+def _flops_lofo(rows: list[dict[str, Any]]) -> None:
+    """``flops_lofo``: ms = a * MACs + b, fitted on the other families in relative error (the baseline of
+    ``predictor_accuracy``)."""
+    from hwnas.kernels import op_macs
+
+    macs = np.array([sum(op_macs(n) for n in r["trace"].graph.nodes) for r in rows], dtype=np.float64)
+    y = np.array([r["measured_ms"] for r in rows])
+    fam = np.array([r["family"] for r in rows])
+    for f in sorted(set(fam)):
+        tr = fam != f
+        coef, *_ = np.linalg.lstsq(np.stack([macs[tr], np.ones(tr.sum())], 1) / y[tr, None], np.ones(tr.sum()),
+                                   rcond=None)
+        for i in np.flatnonzero(~tr):
+            rows[i]["flops_lofo"] = float(coef[0] * macs[i] + coef[1])
 
 
 def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int, fallback: Any,
@@ -197,7 +217,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         noise = [r["noise"] for r in sel if r["noise"] is not None]
         out: dict[str, Any] = {"n": len(sel), "noise_within10": 100 * float(np.mean(noise)) if noise else None,
                                "layout_count_exact": 100 * float(np.mean([r["layout_exact"] for r in sel]))}
-        for m in (*METHODS, "cv"):
+        for m in (*METHODS, "cv", "raw_cv", "flops_lofo"):
             v = np.array([r[m] for r in sel])
             ratio = v / meas
             out[m] = {"ratio_median": float(np.median(ratio)),
@@ -210,8 +230,23 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"all": one(rows), "families": {f: one([r for r in rows if r["family"] == f]) for f in fams}}
 
 
+def accuracy_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary in ``predictor_accuracy``'s keys (issue 14) for the shipped variant (conversions absorbed):
+    ``raw`` is its kernel sum without the network term and ``cal_cv`` the full model, both from the 5-fold CV fits;
+    ``lofo`` held out by family; ``flops`` a MACs line fitted on the other families; no op-lookup (null)."""
+    def one(s: dict[str, Any]) -> dict[str, Any]:
+        return {"n": s["n"], "noise_within10": s["noise_within10"], "raw_within10": s["raw_cv"]["within10"],
+                "cal_cv_within10": s["cv"]["within10"], "lofo_within10": s["absorbed"]["within10"],
+                "flops_within10": s["flops_lofo"]["within10"], "op_lookup_within10": None,
+                "raw_sum_ratio_median": s["raw_cv"]["ratio_median"], "kendall_tau": s["cv"]["kendall_tau"],
+                "kendall_tau_lofo": s["absorbed"]["kendall_tau"],
+                "raw_ratio_resolution_spearman": s["raw_cv"]["resolution_spearman"]}
+
+    return {"all": one(summary["all"]), "families": {f: one(v) for f, v in summary["families"].items()}}
+
+
 def _table(summary: dict[str, Any]) -> str:
-    cols = (*METHODS, "cv")
+    cols = (*METHODS, "cv", "flops_lofo")
     head = f"{'family':14s} {'n':>3s} {'noise':>5s} {'layout=':>7s} | " + " | ".join(f"{LABELS[c]:>22s}" for c in cols)
     sub = f"{'':14s} {'':3s} {'':5s} {'':7s} | " + " | ".join(f"{'±10%   ratio    tau':>22s}" for _ in cols)
     lines = [head, sub, "-" * len(head)]
@@ -265,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="price kernel types the training families lack by prefix / pooled regressors, not by "
                          "the shipped predictor's isolated kernels")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--accuracy-json", default=None, metavar="PATH",
+                    help="also write the summary in predictor_accuracy's keys (a build's accuracy.json)")
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
     print("$ python -m experiments.benchmarks.in_network " + " ".join(sys.argv[1:] if argv is None else argv))
@@ -307,12 +344,19 @@ def main(argv: list[str] | None = None) -> None:
           f"{predictor.name}; {len(rows)} networks, {passes} end-to-end passes (truth: their median)\n")
     print(_table(summary))
     if args.json:
-        keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "fallbacks")
+        keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "raw_cv",
+                "flops_lofo", "fallbacks")
         Path(args.json).write_text(json.dumps({
             "machine": dev, "traced_on": traced_on, "block": block, "predictor": predictor.name, "passes": passes,
             "summary": summary, "rules_cut_at": ["-".join(p) for p in pairs], **extra,
             "rows": [{k: r[k] for k in keep if k in r} for r in rows]}, indent=1))
         print(f"json: {args.json}")
+    if args.accuracy_json:
+        Path(args.accuracy_json).write_text(json.dumps({
+            "machine": dev, "traced_on": traced_on, "predictor_compared": predictor.name, "passes": passes,
+            "method": "in-network labels (experiments/benchmarks/in_network.py), conversions absorbed",
+            "summary": accuracy_summary(summary)}, indent=1))
+        print(f"accuracy json: {args.accuracy_json}")
     if args.plot:
         _plot(rows, args.plot, f"in-network kernel models vs {predictor.name}, {dev}")
 

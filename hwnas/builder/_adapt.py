@@ -136,6 +136,16 @@ def _bare(pred: Any) -> Any:
     return bare
 
 
+def source_metadata(source: Any) -> dict[str, Any]:
+    """The source's metadata an adapted predictor starts from: without its calibration, transfer, accuracy and
+    file records, and with the kernel types of its loaded regressors (folded names: a source measured before the
+    batch-norm fold names ``conv-bn``, which the loader prices as ``conv``), so metadata and regressors match."""
+    meta = {k: v for k, v in source.metadata.items() if k not in ("calibration", "transfer", "schema_version",
+                                                                  "files", "status", "accuracy")}
+    meta["kernels"] = source.kernel_specs
+    return meta
+
+
 def _deadline(start: float, minutes: float, share: float) -> float:
     return start + 60.0 * minutes * share
 
@@ -322,9 +332,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
     fp = fingerprint()
     overhead = float(be.measure(_Passthrough(), (1, 3, 128, 128), cfg.protocol).ms)
     name = cfg.name or _free_name(f"{default_name(be.name, fp)}-adapted")
-    meta = {k: v for k, v in source.metadata.items() if k not in ("calibration", "transfer", "schema_version",
-                                                                  "files", "status", "accuracy")}
-    meta["kernels"] = {t: {k: v for k, v in spec.items() if k != "regressor"} for t, spec in meta["kernels"].items()}
+    meta = source_metadata(source)
     meta.update(name=name, version=utc_now()[:10].replace("-", "."), created=utc_now(),
                 device={"description": describe(fp), "fingerprint": fp}, protocol=cfg.protocol.to_dict(),
                 model_overhead_ms=overhead)

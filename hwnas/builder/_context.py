@@ -416,7 +416,10 @@ class InNetworkModel:
                                      "end-to-end medians in relative error",
                          "borrowed_kernel_types": borrowed,
                          "borrowed_from": complete_from.name if complete_from is not None else None},
-            "fusion_rules": self.rules.to_list(),
+            # a rule whose kernel type has no regressor and is not free (a prefix no label had) is left out:
+            # its ops are priced one by one rather than refused
+            "fusion_rules": [r for r in self.rules.to_list()
+                             if "-".join(r) in regressors or "-".join(r) in free_chains],
             "zero_cost_ops": sorted(free_ops), "zero_cost_kernels": free_chains,
             "model_overhead_ms": float(max(a, 0.0)), "kernels": specs,
             "calibration": {"intercept_ms": 0.0, "kernel_scale": scale, "kernel_terms": terms,
@@ -425,6 +428,11 @@ class InNetworkModel:
         }
         if transfer is not None:
             meta["transfer"] = transfer
+        if complete_from is not None:   # what that predictor could not measure, this one cannot price either
+            refused = {t: why for t, why in (complete_from.metadata.get("unsupported_kernel_types") or {}).items()
+                       if t not in regressors}
+            if refused:
+                meta["unsupported_kernel_types"] = refused
         return write_predictor(path, meta, regressors)
 
 __all__ = ["Conversion", "InNetworkModel", "conversion_kernel", "derive_fusion_rules", "rule_labels", "trace_labels"]

@@ -68,3 +68,18 @@ def test_ensure_predictor_adapts_only_without_a_match(monkeypatch, tmp_path):
     assert _adapt.ensure_predictor("torchscript-cpu", time_budget_min=2, out=tmp_path, log=said.append) == "new"
     assert calls[0].time_budget_min == 2 and calls[0].out == tmp_path and calls[0].register
     assert "no match" in said[0]
+
+
+def test_an_adapted_predictor_starts_from_the_source_types_as_loaded(tmp_path):
+    # torchscript-cpu-amd-epyc-avx512 was measured before the batch-norm fold: its file names conv-bn, which
+    # the loader prices as conv. The adapted metadata must name the loaded types, or it cannot be written.
+    from hwnas.predictor import load_latency_predictor, write_predictor
+
+    source = load_latency_predictor("torchscript-cpu-amd-epyc-avx512")
+    assert "conv-bn" in source.metadata["kernels"]   # the case this test is about
+    meta = _adapt.source_metadata(source)
+    assert set(meta["kernels"]) == set(source.regressors) and "conv-bn" not in meta["kernels"]
+    assert not {"calibration", "transfer", "accuracy"} & set(meta)
+    write_predictor(tmp_path / "p", {**meta, "name": "adapted-test"}, source.regressors)
+    again = load_latency_predictor(tmp_path / "p")
+    assert again.kernel_specs == source.kernel_specs

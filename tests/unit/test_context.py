@@ -128,7 +128,7 @@ def test_a_completed_predictor_prices_types_without_labels_as_the_isolated_one(t
     import warnings
 
     from hwnas.device import fingerprint
-    from hwnas.kernels import detect_kernels
+    from hwnas.kernels import FusionRules, detect_kernels
     from hwnas.graph import capture
     from hwnas.predictor import load_latency_predictor
 
@@ -137,9 +137,14 @@ def test_a_completed_predictor_prices_types_without_labels_as_the_isolated_one(t
         iso = load_latency_predictor("onnxruntime-cpu-amd-epyc-avx512")
     model = InNetworkModel.fit(traces, block=0, absorb_layout=True, fallback=iso)
     model.overhead = (0.05, 0.002, 0.01)
+    model.rules = FusionRules([*model.rules.to_list(), ["reshape", "permute"]])   # a prefix no label had
     pred = load_latency_predictor(model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-completed",
                                               complete_from=iso))
     assert "permute" not in model.specs and "permute" in pred.kernel_specs
+    # a rule without a regressor is left out (its ops priced one by one, not refused); the isolated
+    # predictor's refusals are kept, with their reasons
+    assert ["reshape", "permute"] not in pred.metadata["fusion_rules"] and pred.metadata["fusion_rules"]
+    assert pred.metadata["unsupported_kernel_types"] == iso.metadata["unsupported_kernel_types"]
     g = capture(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Flatten(), nn.Linear(8 * 64, 4)).eval(), "torch", (1, 3, 8, 8))
     kernels = detect_kernels(g, pred.rules)
     with warnings.catch_warnings():
@@ -169,3 +174,23 @@ def test_rule_labels_give_kernels_ort_ran_inside_a_neighbour_zero_and_the_model_
     ms = model.kernel_latencies(kernels)
     assert all(m == 0 for k, m in zip(kernels, ms) if k.type in ("add", "relu"))
     assert all(m > 0 for k, m in zip(kernels, ms) if k.type not in ("add", "relu"))
+
+
+def test_in_network_accuracy_summary_has_predictor_accuracys_keys(traces):
+    from experiments.benchmarks import in_network as bench
+
+    rows = []
+    for i, t in enumerate(traces):
+        truth = 1.0 + i
+        row = {"model": f"m{i}", "family": "a" if i < 2 else "b", "side": 16 + 8 * (i % 2), "trace": t,
+               "measured_ms": truth, "noise": 1.0, "layout_exact": True}
+        row.update({m: truth * (1.05 if m == "cv" else 1.3) for m in (*bench.METHODS, "cv", "raw_cv")})
+        rows.append(row)
+    bench._flops_lofo(rows)
+    summary = bench.accuracy_summary(bench.summarise(rows))
+    keys = {"noise_within10", "raw_within10", "cal_cv_within10", "lofo_within10", "flops_within10",
+            "op_lookup_within10", "raw_sum_ratio_median", "kendall_tau"}
+    assert keys <= set(summary["all"]) and set(summary["families"]) == {"a", "b"}
+    assert summary["all"]["cal_cv_within10"] == 100.0 and summary["all"]["raw_within10"] == 0.0
+    assert summary["all"]["raw_sum_ratio_median"] == pytest.approx(1.3)
+    assert summary["all"]["op_lookup_within10"] is None and summary["families"]["a"]["noise_within10"] == 100.0
