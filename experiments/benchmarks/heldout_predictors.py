@@ -1,0 +1,124 @@
+"""Every installed predictor of a backend against the same held-out networks measured on this machine, side by side.
+
+The question this answers: how far off is a predictor on a CPU it was not made on, and how close is the one made
+on this machine? It measures the held-out torchvision models of ``adapt_accuracy`` (224 px; none is a probe or zoo
+network at that resolution) in two passes, prices them with every installed predictor of the backend (the
+embedded ones and the user's), and prints per predictor the machine it describes, whether that is this machine,
+the share within ±10% of the truth (the geometric mean of the passes), RMSPE and the median ratio
+predicted/measured. The noise ceiling is the share of models whose two passes agree within ±10%.
+
+    taskset -c 1 python -m experiments.benchmarks.heldout_predictors --backend onnxruntime-cpu \\
+        --json heldout.json --plot heldout.png
+
+Run it pinned to one core on an otherwise quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.benchmarks.adapt_accuracy import HELDOUT, _measure_pass, _models, _row, _within10
+
+
+def _predictors(backend: str) -> list[Any]:
+    from hwnas.predictor import find_predictors, load_latency_predictor
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # predictors of other machines are the point of the comparison
+        for entry in find_predictors():
+            if entry.backend == backend:
+                out.append(load_latency_predictor(entry.path))
+    return out
+
+
+def _table(rows: list[dict[str, Any]], noise: float) -> str:
+    head = f"{'predictor':46s} {'describes':44s} {'here':>4s} {'±10%':>6s} {'RMSPE':>7s} {'ratio':>6s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['source']:46s} {r['describes'][:44]:44s} {'yes' if r['here'] else 'no':>4s} "
+                     f"{r['within10']:5.0f}% {r['rmspe']:6.1f}% {r['median_ratio']:6.2f}")
+    lines.append(f"noise ceiling (two passes agree within ±10%): {noise:.0f}%")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], truth: dict[str, float], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    names = list(truth)
+    t = np.array([truth[n] for n in names])
+    for r in rows:
+        p = np.array([r["predicted_ms"][n] for n in names])
+        ax.scatter(t, p / t, s=14, label=f"{r['source']} ({r['within10']:.0f}%)", marker="o" if r["here"] else "x")
+    for k in (0.9, 1.0, 1.1):
+        ax.axhline(k, color="k", ls=":" if k != 1.0 else "-", lw=0.6)
+    ax.set(xscale="log", yscale="log", xlabel="measured, ms", ylabel="predicted / measured", title=title)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hwnas.device import describe, explain_differences, fingerprint, isa_level
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="torchscript-cpu", help="torchscript-cpu or onnxruntime-cpu")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="DIR",
+                    help="predictor directories to compare too (an adapted predictor kept in its build folder)")
+    ap.add_argument("--models", type=int, default=None, help="only the first N held-out models (a smoke run)")
+    ap.add_argument("--json", default=None, help="write the rows and the measurements here")
+    ap.add_argument("--plot", default=None, help="PNG: predicted / measured per model and predictor")
+    args = ap.parse_args(argv)
+    print("$ python -m experiments.benchmarks.heldout_predictors " + " ".join(sys.argv[1:] if argv is None else argv))
+    fp = fingerprint()
+    preds = _predictors(args.backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from hwnas.predictor import load_latency_predictor
+
+        preds += [load_latency_predictor(d) for d in args.extra]
+    models = _models(args.models)
+    first = _measure_pass(args.backend, models, "held-out models, pass 1")
+    second = _measure_pass(args.backend, models, "held-out models, pass 2")
+    truth = {n: float(np.sqrt(first[n] * second[n])) for n in models}
+    noise = _within10(np.array([first[n] for n in models]), np.array([second[n] for n in models]))
+    rows = []
+    for p in preds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            priced = {n: p.predict(m, "torch", (1, 3, 224, 224)) for n, m in models.items()}
+        dev = p.metadata["device"]
+        row = _row("predictor", p.name, priced, truth, None)
+        short = f"{dev['fingerprint'].get('cpu_model', '?')}, {isa_level(dev['fingerprint'])}, " \
+                f"{dev['fingerprint'].get('cpu_signature') or 'no cpu signature'}"
+        row.update(path=str(p.path), describes=short, here=not explain_differences(dev["fingerprint"], fp))
+        rows.append(row)
+    rows.sort(key=lambda r: (not r["here"], -r["within10"]))
+    print(f"\n{args.backend}, {len(models)} held-out torchvision models at 224 px, measured on: {describe(fp)}\n")
+    print(_table(rows, noise))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"backend": args.backend, "machine": describe(fp), "fingerprint": fp,
+                                               "models": list(models), "noise_within10": noise,
+                                               "measured_ms": {"pass1": first, "pass2": second, "truth": truth},
+                                               "rows": rows}, indent=1))
+        print(f"json: {args.json}")
+    if args.plot:
+        _plot(rows, truth, args.plot, f"{args.backend} on {describe(fp)[:60]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["HELDOUT", "main"]
