@@ -23,7 +23,7 @@ demo-predictor: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --durations=30
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
