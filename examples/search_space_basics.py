@@ -14,5 +14,5 @@ for name in ss.list_spaces():
     net = ss.build_subnet(space, arch).eval()                           # plain nn.Module, scriptable
     y = torch.jit.script(net)(torch.randn(2, 3, 32, 32))
     print(f"{name}: {len(labels)} choice blocks, e.g. {dict(list(arch.items())[:3])}")
-    print(f"  output {tuple(y.shape)}, {ss.count_flops(space, arch) / 1e6:.1f} MMACs, "
+    print(f"  output {tuple(y.shape)}, {ss.count_macs(space, arch) / 1e6:.1f} MMACs, "
           f"{ss.count_params(space, arch) / 1e6:.2f} M params")

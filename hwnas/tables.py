@@ -9,7 +9,7 @@ self-contained module. :meth:`LatencyTable.build` prices every candidate of ever
 where ``fixed`` is the latency of the fixed parts (stem, fixed blocks, head) plus the predictor's per-call
 overhead, counted once. Scoring a batch of architectures is one numpy gather and a sum, and the expected latency
 under per-label choice probabilities is a dot product (differentiable, :meth:`LatencyTable.expected_latency`).
-MACs (multiply-accumulates per image, the convention of :func:`search_spaces.count_flops`) and parameter counts
+MACs (multiply-accumulates per image, the convention of :func:`search_spaces.count_macs`) and parameter counts
 are tables of the same shape and sum the same way.
 
 Exactness and its limits
@@ -279,7 +279,7 @@ class LatencyTable:
         return self._fixed_lat + self._lat[self._rows, idx].sum(axis=1)
 
     def macs_batch(self, archs: Sequence[Mapping[str, str]] | np.ndarray) -> np.ndarray:
-        """Multiply-accumulates per image of many architectures (int64, equal to :func:`search_spaces.count_flops`
+        """Multiply-accumulates per image of many architectures (int64, equal to :func:`search_spaces.count_macs`
         at the table's input size)."""
         idx = self._indices(archs)
         return self._fixed_macs + self._macs[self._rows, idx].sum(axis=1)

@@ -9,7 +9,7 @@ Public API (everything else is private machinery and may change):
 - :func:`choices` (label -> candidate names), :func:`random_arch`, :func:`validate_arch`.
 - :func:`build_subnet` — plain, scriptable ``nn.Module`` of an architecture, inheriting the
   weights of a space instance.
-- :func:`count_flops` (multiply-accumulates, the papers' "FLOPs"), :func:`count_params`.
+- :func:`count_macs` (multiply-accumulates, the papers' "FLOPs"; old name ``count_flops``), :func:`count_params`.
 - :func:`layout` -> list of :class:`Slot` — the decomposition latency tables use.
 - :func:`arch_to_indices`, :func:`indices_to_arch` — index-matrix encoding of architectures.
 
@@ -25,8 +25,8 @@ from hwnas.nas import quiet_nni_import
 
 quiet_nni_import()   # before NNI's import below: its notices about torch classes are harmless
 
-from ._api import (Slot, arch_to_indices, build_subnet, choices, count_flops, count_params, indices_to_arch,
-                   layout, random_arch, validate_arch)
+from ._api import (Slot, arch_to_indices, build_subnet, choices, count_flops, count_macs, count_params,
+                   indices_to_arch, layout, random_arch, validate_arch)
 from ._base import BlockSpec, ChainNet, ChainSpace, SpaceConfig
 from ._registry import SpaceEntry, create_space, list_spaces, lookup, register_space, space_name
 from .proxyless import ProxylessConfig, ProxylessSpace
@@ -34,7 +34,7 @@ from .spos import SposConfig, SposSpace
 
 __all__ = [
     "BlockSpec", "ChainNet", "ChainSpace", "ProxylessConfig", "ProxylessSpace", "Slot", "SpaceConfig",
-    "SpaceEntry", "SposConfig", "SposSpace", "arch_to_indices", "build_subnet", "choices", "count_flops",
+    "SpaceEntry", "SposConfig", "SposSpace", "arch_to_indices", "build_subnet", "choices", "count_flops", "count_macs",
     "count_params", "create_space", "indices_to_arch", "layout", "list_spaces", "lookup", "random_arch",
     "register_space", "space_name", "validate_arch",
 ]

@@ -3,8 +3,8 @@
 An architecture is a flat, JSON-safe ``dict[str, str]``: label (``"s1_b0"``) -> choice name
 (``"shuffle5"``, ``"k5e6"``, ``"skip"``), one entry per label, nothing else.
 
-FLOPs convention: :func:`count_flops` returns multiply-accumulates (MACs) of the convolutions and the
-linear layer for one image, ``out_h * out_w * out_channels * (in_channels / groups) * k_h * k_w`` per
+FLOPs convention: :func:`count_macs` (old name ``count_flops``) returns multiply-accumulates (MACs) of the
+convolutions and the linear layer for one image, ``out_h * out_w * out_channels * (in_channels / groups) * k_h * k_w`` per
 conv and ``in_features * out_features`` for the classifier; biases, BatchNorm, activations, pooling,
 residual adds, concatenations and shuffles are not counted. This is what the SPOS and ProxylessNAS
 papers and their reference code call FLOPs (SPOS "319M", ProxylessNAS-Mobile "320M").
@@ -27,7 +27,7 @@ from hwnas.errors import ArchitectureError, InputShapeError
 from ._base import BlockSpec, ChainNet, ChainSpace, SpaceConfig, resolve_config
 from ._registry import lookup
 
-__all__ = ["Slot", "arch_to_indices", "build_subnet", "choices", "count_flops", "count_params",
+__all__ = ["Slot", "arch_to_indices", "build_subnet", "choices", "count_flops", "count_macs", "count_params",
            "indices_to_arch", "layout", "random_arch", "validate_arch"]
 
 SpaceLike = ChainSpace | str
@@ -227,8 +227,8 @@ def _side(input_size: int | Sequence[int] | None, cfg: SpaceConfig) -> tuple[int
     return int(h), int(w)
 
 
-def count_flops(space: SpaceLike, arch: Mapping[str, str], input_size: int | Sequence[int] | None = None) -> int:
-    """Multiply-accumulates of the subnet's convs and linear layer for one image (the papers' "FLOPs").
+def count_macs(space: SpaceLike, arch: Mapping[str, str], input_size: int | Sequence[int] | None = None) -> int:
+    """Multiply-accumulates of the subnet's convs and linear layer for one image (what the papers call "FLOPs").
 
     Parameters
     ----------
@@ -251,6 +251,10 @@ def count_flops(space: SpaceLike, arch: Mapping[str, str], input_size: int | Seq
     _check(arch, {s.label: s.choices for s in specs if s.label is not None}, space_cls.__name__)
     table = _cost_table(space_cls, cfg, _side(input_size, cfg))
     return sum(table[name][choice][0] for name, choice in _chosen(specs, arch))
+
+
+#: The old name of :func:`count_macs` (it always counted multiply-accumulates), kept so existing code runs.
+count_flops = count_macs
 
 
 def count_params(space: SpaceLike, arch: Mapping[str, str]) -> int:

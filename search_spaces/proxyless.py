@@ -34,7 +34,7 @@ Checked against the official code (mit-han-lab/proxylessnas, ``search/imagenet_a
   N(0, sqrt(2 / (k*k*out_channels))), BN (1, 0), linear U(-1/sqrt(in), 1/sqrt(in)) and bias 0.
 - Width multiplier: every width (stem 32, first block 16, stages) is ``make_divisible(c * w, 8)``.
 - FLOPs in the reference (``count_conv_flop``, ``LinearLayer.get_flops``) are multiply-accumulates
-  of the convs and the linear weight, the convention of :func:`search_spaces.count_flops`.
+  of the convs and the linear weight, the convention of :func:`search_spaces.count_macs`.
 
 Small-input variant (``input_size <= 64`` unless ``small_input`` says otherwise; for 32x32 images such
 as CIFAR-10): the stem conv and the first block of stage 1 have stride 1, so 32x32 -> 32 -> 32 -> 16 ->

@@ -42,7 +42,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 # ------------------------------------------------------------------------------------------------ space helpers
 def space_info(space: Any, space_config: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """(space instance usable by ``count_flops``/``validate_arch``, ``{"name", "class", "config"}``).
+    """(space instance usable by ``count_macs``/``validate_arch``, ``{"name", "class", "config"}``).
 
     A registered name is instantiated on the ``meta`` device (no memory, no arithmetic).
     """
@@ -291,7 +291,7 @@ def export_torchscript(model: Any, path: str | os.PathLike, input_shape: Sequenc
     if instance is not None and arch is not None and len(shape) == 4:
         import search_spaces as ss
 
-        macs = int(ss.count_flops(instance, arch, input_size=(shape[2], shape[3])))
+        macs = int(ss.count_macs(instance, arch, input_size=(shape[2], shape[3])))
     predicted = None
     if predictor is not None:
         kind = "torchscript" if isinstance(eager, torch.jit.ScriptModule) else "torch"

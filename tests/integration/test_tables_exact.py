@@ -3,7 +3,7 @@
 For each space at 224 px (ImageNet config) and 32 px (small-input variant), 200 random architectures: the
 table's latency must match ``predictor.predict(build_subnet(space, arch))`` to 1e-9 relative (it is exact up to
 float rounding; the maximum relative error is printed, run with ``-s`` to see it), and FLOPs / parameters must
-equal ``count_flops`` / ``count_params``. The predictor is the unit tests' fake (see ``tests/unit/test_tables.py``).
+equal ``count_macs`` / ``count_params``. The predictor is the unit tests' fake (see ``tests/unit/test_tables.py``).
 
 The same exactness at 32 px with every embedded predictor: tree regressors, calibration factors and additive
 terms, per-call overhead and each predictor's own fusion rules.
@@ -46,7 +46,7 @@ def test_table_matches_whole_subnet_prediction(name, side):
         rel = abs(lat - full) / full
         if rel >= worst:
             worst, worst_arch = rel, arch
-        assert table.macs(arch) == ss.count_flops(space, arch, side)
+        assert table.macs(arch) == ss.count_macs(space, arch, side)
         assert table.params(arch) == ss.count_params(space, arch)
     print(f"\n{name} {side}px: max relative error table vs whole subnet over {N_ARCHS} archs = {worst:.3e} "
           f"(latency range {from_table.min():.3f}..{from_table.max():.3f} ms)")

@@ -86,7 +86,7 @@ def test_metadata_read_back(exported, name):
     assert meta["space"]["name"] == name and meta["space"]["config"]["width_mult"] == 0.25
     assert meta["input_shape"] == list(SHAPE) and meta["method"] == "script"
     assert meta["params"] == ss.count_params(space, arch) == report.params
-    assert meta["macs"] == ss.count_flops(space, arch) == report.macs == report.flops
+    assert meta["macs"] == ss.count_macs(space, arch) == report.macs == report.flops
     assert meta["predictor"] is None and meta["predicted_ms"] is None
     assert meta["versions"]["torch"] == torch.__version__
     # readable with plain torch too

@@ -125,7 +125,7 @@ def test_validate_arch_errors_name_the_problem(spaces):
     with pytest.raises(ArchitectureError, match="dict label -> choice"):
         ss.validate_arch(space, ["k3e3"])
     assert issubclass(ArchitectureError, ValueError)
-    for fn in (ss.build_subnet, ss.count_flops, ss.count_params):
+    for fn in (ss.build_subnet, ss.count_macs, ss.count_params):
         with pytest.raises(ArchitectureError, match="s3_b2"):
             fn(space, missing)
 

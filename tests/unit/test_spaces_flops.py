@@ -92,7 +92,7 @@ def test_spos_tiny_exact(seed, tiny):
     arch = ss.random_arch(space, seed)
     # width 0.25: make_divisible(16/64/160/320/640 * 0.25, 8) = 8, 16, 40, 80, 160; last conv 1024.
     expected = spos_expected(arch, 32, True, 8, [16, 40, 80, 160], 1024, 10)
-    assert (ss.count_flops(space, arch), ss.count_params(space, arch)) == expected
+    assert (ss.count_macs(space, arch), ss.count_params(space, arch)) == expected
     assert ss.count_params(space, arch) == sum(p.numel() for p in ss.build_subnet(space, arch).parameters())
 
 
@@ -102,7 +102,7 @@ def test_spos_tiny_literal(tiny):
     # projection): pw 8->8 at 32x32 65,536 + dw 8*9*1024 73,728 + pw 8->8 65,536 + proj dw 73,728 +
     # proj pw 65,536 = 344,064 MACs.
     space = tiny["spos"]
-    assert ss.count_flops(space, arch) == spos_expected(arch, 32, True, 8, [16, 40, 80, 160], 1024, 10)[0]
+    assert ss.count_macs(space, arch) == spos_expected(arch, 32, True, 8, [16, 40, 80, 160], 1024, 10)[0]
     assert spos_block(32, 8, 16, 1, "shuffle3")[0] == 344_064
     assert conv(32, 3, 8, 3) == (221_184, 232)
 
@@ -113,7 +113,7 @@ def test_proxyless_tiny_exact(seed, tiny):
     arch = ss.random_arch(space, seed)
     # width 0.25: stem 8, first block 8, stages 8, 16, 24, 24, 48, 80 (make_divisible rule); last 1280.
     expected = proxyless_expected(arch, 32, True, 8, 8, [8, 16, 24, 24, 48, 80], 1280, 10)
-    assert (ss.count_flops(space, arch), ss.count_params(space, arch)) == expected
+    assert (ss.count_macs(space, arch), ss.count_params(space, arch)) == expected
     assert ss.count_params(space, arch) == sum(p.numel() for p in ss.build_subnet(space, arch).parameters())
 
 
@@ -121,9 +121,9 @@ def test_flops_at_other_input_size():
     space = "proxyless"  # a name means the default config
     arch = {label: "k3e6" for label in ss.choices(space)}
     stages = [24, 40, 80, 96, 192, 320]
-    assert ss.count_flops(space, arch) == proxyless_expected(arch, 224, False, 32, 16, stages, 1280, 1000)[0]
-    assert ss.count_flops(space, arch, 160) == proxyless_expected(arch, 160, False, 32, 16, stages, 1280, 1000)[0]
-    assert ss.count_flops(space, arch, 224) == 472_620_800
+    assert ss.count_macs(space, arch) == proxyless_expected(arch, 224, False, 32, 16, stages, 1280, 1000)[0]
+    assert ss.count_macs(space, arch, 160) == proxyless_expected(arch, 160, False, 32, 16, stages, 1280, 1000)[0]
+    assert ss.count_macs(space, arch, 224) == 472_620_800
     assert ss.count_params(space, arch) == 4_684_776
 
 
@@ -143,7 +143,7 @@ def test_spos_matches_reference_block_table():
     for column, choice in enumerate(["shuffle3", "shuffle5", "shuffle7", "xception"]):
         arch = {label: choice for label in table}
         expected = stem_macs + head_macs + sum(row[column] for row in SPOS_REFERENCE_TABLE)
-        assert ss.count_flops(space, arch) == expected, choice
+        assert ss.count_macs(space, arch) == expected, choice
     # One block at a time, against the hand formula too.
     assert spos_block(112, 16, 64, 2, "shuffle3")[0] == SPOS_REFERENCE_TABLE[0][0]
     assert spos_block(7, 640, 640, 1, "xception")[0] == SPOS_REFERENCE_TABLE[-1][3]
@@ -157,17 +157,17 @@ def test_counts_match_nni_hub_models():
                 "xception", "shuffle7", "xception", "xception"]
     space = "spos"
     arch = dict(zip(ss.choices(space), spos_nni))
-    assert (ss.count_flops(space, arch), ss.count_params(space, arch)) == (322_918_720, 3_558_464)
+    assert (ss.count_macs(space, arch), ss.count_params(space, arch)) == (322_918_720, 3_558_464)
 
     stages = [["k5e3", "k3e3"], ["k7e3", "k3e3", "k5e3", "k5e3"], ["k7e6", "k5e3", "k5e3", "k5e3"],
               ["k5e6", "k5e3", "k5e3", "k5e3"], ["k7e6", "k7e6", "k7e3", "k7e3"], ["k7e6"]]
     arch = {f"s{s}_b{b}": (ops[b] if b < len(ops) else "skip")
             for s, (ops, depth) in enumerate(zip(stages, [4, 4, 4, 4, 4, 1]), start=1) for b in range(depth)}
     mobile = ss.create_space("proxyless", stage_widths=(32, 40, 80, 96, 192, 320))
-    assert (ss.count_flops(mobile, arch), ss.count_params(mobile, arch)) == (320_427_584, 4_080_512)
+    assert (ss.count_macs(mobile, arch), ss.count_params(mobile, arch)) == (320_427_584, 4_080_512)
 
 
-def test_count_flops_agrees_with_a_real_forward(tiny):
+def test_count_macs_agrees_with_a_real_forward(tiny):
     space = tiny["spos"]
     arch = ss.random_arch(space, 9)
     net = ss.build_subnet(space, arch).eval()
@@ -182,4 +182,8 @@ def test_count_flops_agrees_with_a_real_forward(tiny):
             m.register_forward_hook(hook)
     with torch.no_grad():
         net(torch.randn(2, 3, 32, 32))
-    assert ss.count_flops(space, arch) == sum(macs)
+    assert ss.count_macs(space, arch) == sum(macs)
+
+
+def test_count_flops_is_the_old_name_of_count_macs():
+    assert ss.count_flops is ss.count_macs

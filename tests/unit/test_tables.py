@@ -122,7 +122,7 @@ def test_flops_and_params_equal_the_counters(small, name):
     space, table = small[name]
     archs = [ss.random_arch(space, s) for s in range(10)] + [table.fastest_arch(), table.slowest_arch()]
     for arch in archs:
-        assert table.macs(arch) == ss.count_flops(space, arch, 32)
+        assert table.macs(arch) == ss.count_macs(space, arch, 32)
         assert table.params(arch) == ss.count_params(space, arch)
 
 
