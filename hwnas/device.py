@@ -38,7 +38,7 @@ KERNEL_FLAGS = frozenset({
 })
 _KERNEL_FLAG_PREFIXES = ("avx512", "amx")
 
-#: Keys of :func:`fingerprint` that :func:`same_device` compares (and :func:`device_id` hashes).
+#: Keys of :func:`fingerprint` that :func:`same_device` compares (and :func:`device_id` hashes, with the optional keys).
 DEVICE_KEYS = ("cpu_model", "kernel_flags", "arch")
 #: Keys compared only when both fingerprints have them (older fingerprints lack them): ``cpu_signature`` tells
 #: apart CPUs that share a model name and flags ("AMD EPYC" with AVX2 is a Zen 1 or a Zen 3 core, family 23 or 25).
@@ -149,9 +149,17 @@ def fingerprint() -> dict[str, Any]:
     return fp
 
 
+def _device_key(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """What the ids hash: :data:`DEVICE_KEYS`, and each optional key the fingerprint has (so a fingerprint
+    without one keeps the id it had before that key existed, and two CPUs told apart only by it get two ids)."""
+    key = {k: fp.get(k) for k in DEVICE_KEYS}
+    key.update({k: fp[k] for k in OPTIONAL_DEVICE_KEYS if fp.get(k) is not None})
+    return key
+
+
 def device_id(fp: Mapping[str, Any]) -> str:
     """Short stable id of the parts :func:`same_device` compares, e.g. ``"d-1a2b3c4d"``."""
-    key = {k: fp.get(k) for k in DEVICE_KEYS}
+    key = _device_key(fp)
     text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return "d-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -159,7 +167,7 @@ def device_id(fp: Mapping[str, Any]) -> str:
 def fingerprint_id(fp: Mapping[str, Any]) -> str:
     """Short stable id of the device keys *and* runtime versions, e.g. ``"f-1a2b3c4d"``: measurements with the
     same fingerprint id are comparable (the measurement store tags each record with it)."""
-    key = {k: fp.get(k) for k in DEVICE_KEYS}
+    key = _device_key(fp)
     key["runtimes"] = dict(fp.get("runtimes") or {})
     text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return "f-" + hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -2,7 +2,7 @@
 
 import json
 
-from hwnas.device import (DEVICE_KEYS, device_differences, describe, fingerprint, fingerprint_id,
+from hwnas.device import (DEVICE_KEYS, device_differences, device_id, describe, fingerprint, fingerprint_id,
                                    relevant_flags, same_device, same_runtime)
 
 
@@ -35,6 +35,15 @@ def test_same_device_compares_what_matters():
     assert not same_device(fp, other)
     assert set(device_differences(fp, other)) == {"kernel_flags"}
     assert set(DEVICE_KEYS) == {"cpu_model", "kernel_flags", "arch"}
+
+
+def test_the_cpu_signature_is_in_the_ids_when_a_fingerprint_has_one():
+    fp = fingerprint()
+    zen1 = dict(fp, cpu_signature="family 23 model 1")
+    zen3 = dict(fp, cpu_signature="family 25 model 1")
+    assert device_id(zen1) != device_id(zen3) and fingerprint_id(zen1) != fingerprint_id(zen3)
+    old = {k: v for k, v in fp.items() if k != "cpu_signature"}   # written before the key existed: id unchanged
+    assert device_id(old) == device_id(dict(old, cpu_signature=None))
 
 
 def test_runtime_versions_in_fingerprint_id():

@@ -131,6 +131,16 @@ def test_store_refuses_other_machine(tmp_path, fp):
     assert len(open_store(path, readonly=True).devices) == 2
 
 
+def test_store_refuses_a_cpu_told_apart_only_by_its_signature(tmp_path, fp):
+    # two "AMD EPYC" VMs with the same AVX2 flags, a Zen 1 and a Zen 3 core: 2x apart in speed
+    zen1 = _other(fp, cpu_model="AMD EPYC", kernel_flags=["avx2"], cpu_signature="family 23 model 1")
+    zen3 = _other(zen1, cpu_signature="family 25 model 1")
+    path = tmp_path / "s.jsonl"
+    _write(path, zen1, ["a"])
+    with pytest.raises(StoreError, match="cpu_signature"):
+        open_store(path, fingerprint=zen3)
+
+
 def test_append_rejects_nan(tmp_path, fp):
     with open_store(tmp_path / "s.jsonl", fingerprint=fp) as st:
         with pytest.raises(ValueError):
