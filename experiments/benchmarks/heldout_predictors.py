@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmarks.adapt_accuracy import HELDOUT, _measure_pass, _models, _row, _within10
+from experiments.benchmarks.adapt_accuracy import HELDOUT, _measure_pass, _models, _plot, _row, _within10
 
 
 def _predictors(backend: str) -> list[Any]:
@@ -49,26 +49,6 @@ def _table(rows: list[dict[str, Any]], noise: float) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict[str, Any]], truth: dict[str, float], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    names = list(truth)
-    t = np.array([truth[n] for n in names])
-    for r in rows:
-        p = np.array([r["predicted_ms"][n] for n in names])
-        ax.scatter(t, p / t, s=14, label=f"{r['source']} ({r['within10']:.0f}%)", marker="o" if r["here"] else "x")
-    for k in (0.9, 1.0, 1.1):
-        ax.axhline(k, color="k", ls=":" if k != 1.0 else "-", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlabel="measured, ms", ylabel="predicted / measured", title=title)
-    ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"plot: {path}")
-
-
 def main(argv: list[str] | None = None) -> int:
     from hwnas.device import describe, explain_differences, fingerprint, isa_level
 
@@ -78,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="predictor directories to compare too (an adapted predictor kept in its build folder)")
     ap.add_argument("--models", type=int, default=None, help="only the first N held-out models (a smoke run)")
     ap.add_argument("--json", default=None, help="write the rows and the measurements here")
-    ap.add_argument("--plot", default=None, help="PNG: predicted / measured per model and predictor")
+    ap.add_argument("--plot", default=None, help="PNG: predicted against measured per model and predictor")
     args = ap.parse_args(argv)
     print("$ python -m experiments.benchmarks.heldout_predictors " + " ".join(sys.argv[1:] if argv is None else argv))
     fp = fingerprint()
@@ -114,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "rows": rows}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
-        _plot(rows, truth, args.plot, f"{args.backend} on {describe(fp)[:60]}")
+        _plot(rows, truth, args.plot, f"{args.backend}, {len(models)} held-out models, on {fp.get('cpu_model')} "
+                                      f"{isa_level(fp)} {fp.get('cpu_signature') or ''}")
+        print(f"plot: {args.plot}")
     return 0
 
 
