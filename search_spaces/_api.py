@@ -4,8 +4,8 @@ An architecture is a flat, JSON-safe ``dict[str, str]``: label (``"s1_b0"``) -> 
 (``"shuffle5"``, ``"k5e6"``, ``"skip"``), one entry per label, nothing else.
 
 FLOPs convention: :func:`count_macs` (old name ``count_flops``) returns multiply-accumulates (MACs) of the
-convolutions and the linear layer for one image, ``out_h * out_w * out_channels * (in_channels / groups) * k_h * k_w`` per
-conv and ``in_features * out_features`` for the classifier; biases, BatchNorm, activations, pooling,
+convolutions and the linear layer for one image, ``out_h * out_w * out_channels * (in_channels / groups) * k_h *
+k_w`` per conv and ``in_features * out_features`` for the classifier; biases, BatchNorm, activations, pooling,
 residual adds, concatenations and shuffles are not counted. This is what the SPOS and ProxylessNAS
 papers and their reference code call FLOPs (SPOS "319M", ProxylessNAS-Mobile "320M").
 """

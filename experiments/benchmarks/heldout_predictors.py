@@ -24,19 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from experiments.benchmarks.adapt_accuracy import HELDOUT, _measure_pass, _models, _plot, _row, _within10
+from experiments.benchmarks.adapt_accuracy import _measure_pass, _models, _plot, _row, _within10
 
 
-def _predictors(backend: str) -> list[Any]:
+def _predictors(backend: str, extra: list[str]) -> list[Any]:
+    """Every installed predictor of ``backend``, then the predictor directories ``extra``."""
     from hwnas.predictor import find_predictors, load_latency_predictor
 
-    out = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # predictors of other machines are the point of the comparison
-        for entry in find_predictors():
-            if entry.backend == backend:
-                out.append(load_latency_predictor(entry.path))
-    return out
+        return [load_latency_predictor(p) for p in
+                [e.path for e in find_predictors() if e.backend == backend] + list(extra)]
 
 
 def _table(rows: list[dict[str, Any]], noise: float) -> str:
@@ -62,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print("$ python -m experiments.benchmarks.heldout_predictors " + " ".join(sys.argv[1:] if argv is None else argv))
     fp = fingerprint()
-    preds = _predictors(args.backend)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from hwnas.predictor import load_latency_predictor
-
-        preds += [load_latency_predictor(d) for d in args.extra]
+    preds = _predictors(args.backend, args.extra)
     models = _models(args.models)
     first = _measure_pass(args.backend, models, "held-out models, pass 1")
     second = _measure_pass(args.backend, models, "held-out models, pass 2")
@@ -100,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+__all__ = ["main"]
+
 if __name__ == "__main__":
     raise SystemExit(main())
-
-__all__ = ["HELDOUT", "main"]
