@@ -55,7 +55,7 @@ _LAZY = {
     "Measurement": "hwnas.builder._backends",
     "BACKENDS": "hwnas.builder._backends",
     "check_input_shape": "hwnas.builder._backends",
-    "quiet_deprecations": "hwnas.builder._backends",
+    "quiet_deprecations": "hwnas._warnings",
     # protocol
     "MeasureProtocol": "hwnas.builder._protocol",
     "DEFAULT_PROTOCOL": "hwnas.builder._protocol",

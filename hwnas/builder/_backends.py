@@ -45,10 +45,10 @@ import io
 import os
 import tempfile
 import time
-import warnings
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from hwnas._warnings import quiet_deprecations  # noqa: F401  (hwnas.builder's public name; the exporters share it)
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol, summarize
 from hwnas.errors import CaptureError
 
@@ -153,16 +153,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-@contextlib.contextmanager
-def quiet_deprecations() -> Iterator[None]:
-    """Hide torch's deprecation notices about jit/legacy ONNX export; keep every other warning (TracerWarning)."""
-    with warnings.catch_warnings():
-        for pattern in (r".*is deprecated.*", r".*legacy TorchScript-based ONNX export.*",
-                        r".*feature will be removed.*"):
-            warnings.filterwarnings("ignore", message=pattern)
-        yield
 
 
 def check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

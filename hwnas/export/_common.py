@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from hwnas.builder import quiet_deprecations  # noqa: F401  (shared with the backends)
+from hwnas._warnings import quiet_deprecations  # noqa: F401  (shared with the builder's backends)
 from hwnas.errors import ExportError  # noqa: F401  (re-exported by hwnas.export)
 
 __all__ = ["ExportError", "check_input_shape", "first_line", "max_abs_diff", "quiet_deprecations",
