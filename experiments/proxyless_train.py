@@ -232,19 +232,14 @@ def _run(args: argparse.Namespace) -> int:
     }
     export_note = "not exported (--no-export)"
     if args.export:
-        try:
-            from hwnas.export import export_subnet
-        except ImportError:
-            export_note = "not exported: hwnas.export is not available in this version"
-        else:
-            report = export_subnet(space, arch, weights=subnet, out=out / "model.pt", input_shape=shape,
-                                   predictor=predictor, measure=True)
-            from hwnas.export import latency_check
+        from hwnas.export import export_subnet, latency_check   # always ship with hwnas: no fallback
 
-            export_note = f"exported {report.path} ({report.method})\n" + "\n".join(
-                latency_check(report.predicted_ms, report.measured_ms, report.backend, target))
-            result["export"] = {"path": str(report.path), "method": report.method,
-                                "predicted_ms": report.predicted_ms, "measured_ms": report.measured_ms}
+        report = export_subnet(space, arch, weights=subnet, out=out / "model.pt", input_shape=shape,
+                               predictor=predictor, measure=True)
+        export_note = f"exported {report.path} ({report.method})\n" + "\n".join(
+            latency_check(report.predicted_ms, report.measured_ms, report.backend, target))
+        result["export"] = {"path": str(report.path), "method": report.method,
+                            "predicted_ms": report.predicted_ms, "measured_ms": report.measured_ms}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
 
     print("\nderived architecture:")

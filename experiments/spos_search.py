@@ -252,17 +252,12 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "candidates": len(result.history), "supernet_metrics": metrics, "choice_counts": module.choice_counts,
         "args": {k: v for k, v in vars(args).items()}}
     if not args.no_export:
-        try:
-            from hwnas.export import export_subnet
-        except ImportError as err:
-            print(f"hwnas.export is not available ({err}): no TorchScript export")
-            export_subnet = None
-        if export_subnet is not None:
-            report = export_subnet(space, best.arch, out=out / "best_subnet.torchscript.pt",
-                                   weights=best_net.state_dict(), predictor=predictor,
-                                   measure=not args.no_measure)
-            summary["export"] = report.to_dict()
-            print(report.table())
+        from hwnas.export import export_subnet   # always ships with hwnas: an import error is a real error
+
+        report = export_subnet(space, best.arch, out=out / "best_subnet.torchscript.pt",
+                               weights=best_net.state_dict(), predictor=predictor, measure=not args.no_measure)
+        summary["export"] = report.to_dict()
+        print(report.table())
     summary["wall_seconds"] = time.perf_counter() - started
     (out / "search.json").write_text(json.dumps({"summary": summary, "search": result.to_dict()}, indent=1) + "\n",
                                      encoding="utf-8")

@@ -12,8 +12,8 @@ as ``"macs"``) and writes into ``out_dir``:
   classes: all ``hwnas export --arch`` needs) and ``best/state_dict.pt``: the best network, re-instantiated from
   its architecture with :func:`search_spaces.build_subnet` and its saved weights loaded strictly (and, given the
   validation data, re-evaluated: it must reproduce the recorded accuracy);
-- ``best/model.pt``: the TorchScript file, through :func:`hwnas.export.export_subnet` when that module is
-  available (its parity and predicted/measured latency go into the report).
+- ``best/model.pt``: the TorchScript file, through :func:`hwnas.export.export_subnet` unless ``export=False``
+  (its parity and predicted/measured latency go into the report).
 
 It prints and returns the table. Nothing here imports NNI: the NNI launcher calls it with the records it
 collected.
@@ -65,7 +65,7 @@ class SearchReport:
     export : object or None
         The :class:`hwnas.export.ExportReport` of ``best/model.pt`` when exported.
     notes : list of str
-        What could not be done and why (no weights, export unavailable or failed).
+        What could not be done and why (no trial within the budget, no weights, a failed export).
     n_trials, n_within_budget : int
         Trials reported, and those within the budget with a finite accuracy.
     budget : LatencyBudget or None
@@ -312,7 +312,7 @@ def finish_search(records: Sequence[Mapping[str, Any]], *, space: str, space_con
     predictor : LatencyPredictor or str, optional
         For the export's predicted latency.
     export : bool
-        Write ``best/model.pt`` through :func:`hwnas.export.export_subnet` when available.
+        Write ``best/model.pt`` through :func:`hwnas.export.export_subnet` (always shipped with hwnas).
     measure : bool
         Let the export measure the file's latency on this machine.
     device : str
