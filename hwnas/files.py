@@ -9,7 +9,8 @@
 - :func:`append_jsonl` — one record, one line, one ``write`` (flushed; ``fsync`` on request).
 - :func:`read_jsonl` — the records of such a file. A line that is not a record is an error naming the file and
   the line, except a torn last line (no newline after it: a writer killed mid-write), which is dropped with a
-  warning that says so (and, with ``repair``, cut from the file so that the next append starts a clean line).
+  warning that says so (and, with ``repair``, cut from the file so that the next append starts a clean line);
+  :func:`parse_jsonl` is its parser, shared with the builder's measurement store (which reads gzip too).
 
 Limitations
 -----------
@@ -31,7 +32,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 from hwnas.errors import StoreError
 
-__all__ = ["append_jsonl", "atomic_path", "atomic_write", "copy_tree", "read_jsonl"]
+__all__ = ["append_jsonl", "atomic_path", "atomic_write", "copy_tree", "parse_jsonl", "read_jsonl"]
 
 
 def _umask() -> int:
@@ -228,27 +229,64 @@ def read_jsonl(path: str | os.PathLike, *, valid: Callable[[Any], bool] | None =
     if not path.is_file():
         return []
     raw = path.read_bytes()
-    lines = raw.split(b"\n")   # the piece after the last newline is b"" unless the last line is torn
-    records: list[Any] = []
-    offset = 0
-    for n, line in enumerate(lines, start=1):
-        last = n == len(lines)
-        if line.strip():
-            try:
-                rec = json.loads(line)
-                ok = valid is None or bool(valid(rec))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                ok = False
-            if last:   # no newline after it: cut short by a kill, whatever it parses to
-                warnings.warn(f"{path}: line {n} is torn (a write cut short, e.g. by a kill): dropped"
-                              + (" and cut from the file" if repair else ""), stacklevel=2)
-                if repair:
-                    with open(path, "r+b") as f:
-                        f.truncate(offset)
-                break
-            if not ok:
-                raise StoreError(f"{path}: line {n} is not {what} ({line.strip()[:80]!r}); the file is corrupt: "
-                                 "remove that line or start afresh")
-            records.append(rec)
-        offset += len(line) + 1
+    records, complete, torn = parse_jsonl(raw, str(path), valid=valid, what=what)
+    if torn:   # no newline after it: cut short by a kill, whatever it parses to
+        line = raw.count(b"\n") + 1
+        warnings.warn(f"{path}: line {line} is torn (a write cut short, e.g. by a kill): dropped"
+                      + (" and cut from the file" if repair else ""), stacklevel=2)
+        if repair:
+            with open(path, "r+b") as f:
+                f.truncate(complete)
     return records
+
+
+def parse_jsonl(data: bytes, source: str, *, valid: Callable[[Any], bool] | None = None,
+                what: str = "a JSON record") -> tuple[list[Any], int, bool]:
+    """The records of JSON-lines content, the one parser of :func:`read_jsonl` and the measurement store.
+
+    Only a line ending with its newline is complete (a record is written as one line with its newline): the piece
+    after the last newline is a torn write, dropped here; the caller says so (and may cut it). Blank lines are
+    skipped.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole content (decompressed).
+    source : str
+        What the content is, for the error message (a path, ``"measurement store 'x.jsonl'"``).
+    valid : callable, optional
+        A record's check; a line failing it counts as unreadable.
+    what : str
+        What a line should be, for the error message (``"a trial record"``).
+
+    Returns
+    -------
+    records : list
+        The decoded records of the complete lines, in order.
+    complete : int
+        Bytes of the complete lines (through the last newline; 0 without one): where a torn tail starts.
+    torn : bool
+        Whether a non-blank piece follows the last newline (a torn last line, dropped).
+
+    Raises
+    ------
+    StoreError
+        A complete line is not valid JSON (or UTF-8) or fails ``valid``; the message names ``source`` and the
+        line.
+    """
+    lines = data.split(b"\n")
+    tail = lines.pop()   # after the last newline: b"" unless the last line is torn
+    records: list[Any] = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            ok = valid is None or bool(valid(rec))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise StoreError(f"{source}: line {n} is not {what} ({line.strip()[:80]!r}); the file is corrupt at "
+                             f"line {n} (a kill tears only the last line): remove that line or start afresh")
+        records.append(rec)
+    return records, len(data) - len(tail), bool(tail.strip())

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from hwnas import device as _device
 from hwnas.errors import StoreError
-from hwnas.files import atomic_write
+from hwnas.files import atomic_write, parse_jsonl
 
 STORE_SCHEMA = 1
 _RAW_DECIMALS = 4  # ms -> 0.1 µs
@@ -94,25 +94,14 @@ def _parse(path: str) -> tuple[list[dict], int | None]:
     """Records of a store and, if its tail is torn, the byte offset where the complete lines end.
 
     Only lines ending with a newline are complete (a record is written as one line with its newline); what follows
-    the last newline, or a gzip stream that ends early, is the torn record of a killed run.
+    the last newline, or a gzip stream that ends early, is the torn record of a killed run. The lines are parsed by
+    :func:`hwnas.files.parse_jsonl` (the parser of every JSON-lines file of hwnas); a corrupt complete line is a
+    :class:`~hwnas.errors.StoreError` naming the store and the line.
     """
     data, gz_torn = _read_bytes(path)
-    records: list[dict] = []
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" for a clean file
-    offset = 0
-    for n, line in enumerate(lines, 1):
-        offset += len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            raise StoreError(f"measurement store {path!r} is corrupt at line {n} ({e}); it is not a torn last "
-                             f"line from a killed run: fix or remove that line") from e
-        records.append(rec)
+    records, offset, _ = parse_jsonl(data, f"measurement store {path!r}", valid=lambda rec: isinstance(rec, dict),
+                                     what="a JSON object")
+    tail = data[offset:]   # after the last newline: b"" for a clean file (any byte there is a torn record)
     torn = bool(tail) or gz_torn
     if torn:
         warnings.warn(f"measurement store {path!r}: ignoring a torn last record ({len(tail)} bytes after the last "

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from hwnas.errors import StoreError
-from hwnas.files import append_jsonl, atomic_path, atomic_write, copy_tree, read_jsonl
+from hwnas.files import append_jsonl, atomic_path, atomic_write, copy_tree, parse_jsonl, read_jsonl
 
 
 def test_atomic_write_text_bytes_and_writer(tmp_path):
@@ -107,3 +107,14 @@ def test_a_corrupt_line_before_the_last_is_an_error_naming_file_and_line(tmp_pat
     path.write_text('{"a": 1}\n{"b": 2}\n')
     with pytest.raises(StoreError, match="line 2 is not a row"):
         read_jsonl(path, valid=lambda r: "a" in r, what="a row")
+
+
+def test_parse_jsonl_gives_the_records_where_the_complete_lines_end_and_a_torn_tail():
+    assert parse_jsonl(b'{"a": 1}\n\n{"a": 2}\n', "x") == ([{"a": 1}, {"a": 2}], 19, False)
+    assert parse_jsonl(b'{"a": 1}\n{"a": 2', "x") == ([{"a": 1}], 9, True)
+    assert parse_jsonl(b'{"a": 1}\n  ', "x") == ([{"a": 1}], 9, False)   # a blank tail is no record
+    assert parse_jsonl(b"", "x") == ([], 0, False)
+    with pytest.raises(StoreError, match=r"^store s: line 2 is not a JSON object .*corrupt at line 2"):
+        parse_jsonl(b'{"a": 1}\n[1]\n', "store s", valid=lambda r: isinstance(r, dict), what="a JSON object")
+    with pytest.raises(StoreError, match="line 1 is not a JSON record"):
+        parse_jsonl(b"\xff\xfe\n", "x")
