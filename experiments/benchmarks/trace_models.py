@@ -10,7 +10,6 @@ the layout-conversion rules (``experiments/benchmarks/kernel_context.py`` reads 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--offset", type=int, default=0, help="start at the offset-th network of each family")
     ap.add_argument("--runs", type=int, default=20, help="profiled runs per network (after 5 warm-up runs)")
     args = ap.parse_args(argv)
+    from hwnas.files import append_jsonl, read_jsonl
+
+    store = Path(args.store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    # before the warning filters below: a torn last line (a pass killed mid-write) is dropped with a warning and
+    # cut, so the next trace starts a clean line; any other bad line is an error naming it
+    done = {(r["model"], r["pass"]) for r in read_jsonl(store, repair=True, what="a trace record")}
     for category in (DeprecationWarning, FutureWarning, UserWarning):   # torch's export notices
         warnings.filterwarnings("ignore", category=category)
     import torch
@@ -32,14 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     from hwnas.device import describe, fingerprint
 
     torch.set_num_threads(1)
-    store = Path(args.store)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if store.is_file():
-        for line in store.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done.add((r["model"], r["pass"]))
     seen: dict[str, int] = {}
     todo = []
     for m in zoo():
@@ -48,17 +46,15 @@ def main(argv: list[str] | None = None) -> None:
             todo.append(m)
     device = describe(fingerprint())
     failed = 0
-    with store.open("a") as f:
-        for m in tqdm(todo, desc=f"tracing pass {args.pass_id}"):
-            try:
-                trace = trace_onnxruntime(m.build(), m.input_shape, runs=args.runs, warmup=5)
-            except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
-                failed += 1
-                print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                continue
-            f.write(json.dumps({"model": m.key, "family": m.family, "pass": args.pass_id, "device": device,
-                                "input_shape": list(m.input_shape), **trace.to_dict()}) + "\n")
-            f.flush()
+    for m in tqdm(todo, desc=f"tracing pass {args.pass_id}"):
+        try:
+            trace = trace_onnxruntime(m.build(), m.input_shape, runs=args.runs, warmup=5)
+        except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
+            failed += 1
+            print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        append_jsonl(store, {"model": m.key, "family": m.family, "pass": args.pass_id, "device": device,
+                             "input_shape": list(m.input_shape), **trace.to_dict()})
     print(f"traced {len(todo) - failed} networks ({failed} failed) into {store}")
 
 
