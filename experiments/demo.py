@@ -4,8 +4,8 @@ Loads the ``auto`` predictor, the ``torchscript-cpu`` one of this machine (as ev
 ``--predictor``; a warning names what differs when none matches), predicts torchvision models and random
 subnets of the SPOS and ProxylessNAS spaces, and measures three of them on this machine with the same backend, side
 by side, so the printout shows predicted and measured milliseconds together. (The README's main job is the random
-multi-trial search, ``make demo``: ``python -m experiments.random_search``.) With no predictor installed it shows
-the captured graphs, kernels and measured latencies instead, and says so.
+multi-trial search, ``make demo``: ``python -m experiments.random_search``.) The predictors ship with hwnas, so
+there is always one to load (``auto`` falls back to the closest machine, with a warning naming the differences).
 
     python -m experiments.demo [--predictor NAME] [--no-measure]
 """
@@ -28,35 +28,6 @@ MODELS = ["mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "mnasnet1_
 MEASURED = {"mobilenet_v2", "shufflenet_v2_x1_0", "resnet18"}
 
 
-def default_predictor() -> str | None:
-    preds = [p for p in hwnas.list_latency_predictors() if p["backend"] == "torchscript-cpu"]
-    return preds[0]["name"] if preds else None
-
-
-def without_predictor(measure: bool) -> None:
-    """Until an embedded predictor ships: capture, kernels under the backend's folding rules, MACs, measured ms."""
-    from hwnas.graph import capture
-    from hwnas.kernels import FusionRules, detect_kernels
-
-    print("No embedded predictor ships in this version yet (the measured CPU predictors are being built).\n"
-          "Showing what the pipeline sees instead: op graph, kernels under torchscript-cpu's BatchNorm folding,\n"
-          "multiply-accumulates, and the latency measured on this machine with the torchscript-cpu backend.\n")
-    rules = FusionRules([["conv", "bn"], ["dwconv", "bn"]])
-    print(f"{'model':28s} {'ops':>5s} {'kernels':>8s} {'MMACs':>8s} {'capture':>8s} {'measured ms':>12s}")
-    for label, model, shape in _models():
-        t = time.perf_counter()
-        graph = capture(model, "torch", shape)
-        took = (time.perf_counter() - t) * 1e3
-        kernels = detect_kernels(graph, rules)
-        macs = sum(k.features["macs"] for k in kernels)
-        meas = ""
-        if measure and (label in MEASURED or "random arch" in label):
-            from hwnas.builder import measure_latency
-
-            meas = f"{measure_latency(model, backend='torchscript-cpu', input_shape=shape):12.2f}"
-        print(f"{label:28s} {len(graph):5d} {len(kernels):8d} {macs:8.1f} {took:6.0f}ms {meas:>12s}")
-
-
 def _models() -> list:
     rows = [(m, torchvision.models.get_model(m, weights=None).eval(), (1, 3, 224, 224)) for m in MODELS]
     for space_name in ss.list_spaces():
@@ -76,11 +47,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\.|$)")
     torch.set_num_threads(1)
-    name = args.predictor or default_predictor()
-    if name is None:
-        without_predictor(not args.no_measure)
-        return
-    pred = hwnas.load_latency_predictor(name)
+    pred = hwnas.load_latency_predictor(args.predictor or "auto")
     print(f"predictor: {pred.name} ({pred.backend}; {pred.metadata['device']['description']})\n")
     rows = _models()
     print(f"{'model':28s} {'MMACs':>8s} {'predicted ms':>13s} {'took':>7s} {'measured ms':>12s} {'ratio':>6s}")
