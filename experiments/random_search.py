@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
+from hwnas.nas import DEFAULT_QUANTILE
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget-ms", metavar="MS", type=float, default=None,
                    help="latency budget, predicted ms (default: the --budget-quantile of the space)")
     g.add_argument("--budget-min-ms", metavar="MS", type=float, default=None, help="optional lower latency bound, ms")
-    g.add_argument("--budget-quantile", metavar="Q", type=float, default=0.5,
+    g.add_argument("--budget-quantile", metavar="Q", type=float, default=DEFAULT_QUANTILE,
                    help="without --budget-ms: this quantile of the space's latencies is the budget (%(default)s)")
     g.add_argument("--trials", metavar="N", type=int, default=8, help="architectures to train in all (%(default)s)")
     g.add_argument("--seed", metavar="N", type=int, default=0,

@@ -3,7 +3,9 @@
 Public API (everything else is private machinery and may change):
 
 - :class:`LatencyBudget`, :class:`BudgetedSampler` — budgets over a :class:`~hwnas.tables.LatencyTable`:
-  exact feasibility check, per-architecture latency/MACs/params, uniform sampling within the budget (NNI-free).
+  exact feasibility check, per-architecture latency/MACs/params, uniform sampling within the budget (NNI-free);
+  the default budgets' one rule each, :data:`DEFAULT_QUANTILE` (multi-trial) and :data:`DEFAULT_RANGE_FRACTION`
+  (one-shot).
 - :class:`LatencyProfiler`, :class:`LatencyFilter` — NNI's profiler and ``Filter`` middleware backed by a table
   (``Chain(Random(), LatencyFilter(table, budget))``); :func:`evaluate_architecture` — the trial of an NNI
   experiment; :class:`TrialRecorder` keeps full result dicts, :func:`read_records` reads them back;
@@ -30,6 +32,7 @@ from hwnas._lazy import lazy_exports
 _LAZY = {
     "LatencyBudget": "hwnas.nas._budget",
     "BudgetedSampler": "hwnas.nas._budget",
+    "DEFAULT_QUANTILE": "hwnas.nas._budget",
     "DEFAULT_RANGE_FRACTION": "hwnas.nas._budget",
     "RandomSearchConfig": "hwnas.nas._random_search",
     "SearchResult": "hwnas.nas._random_search",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hwnas.data import DataConfig
+from hwnas.nas._budget import DEFAULT_QUANTILE
 from hwnas.train import TrainConfig
 
 __all__ = ["NniSearchConfig", "NniSearchResult", "run_nni_search", "SpaceSection", "BudgetSection",
@@ -59,7 +60,7 @@ class BudgetSection:
 
     max_ms: float | None = None
     min_ms: float | None = None
-    quantile: float = 0.5
+    quantile: float = DEFAULT_QUANTILE
 
 
 @dataclass

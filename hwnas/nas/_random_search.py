@@ -46,7 +46,7 @@ import numpy as np
 from hwnas.data import DataConfig
 from hwnas.errors import HwnasError, InfeasibleBudgetError, StoreError
 from hwnas.files import append_jsonl, atomic_write, read_jsonl
-from hwnas.nas._budget import BudgetedSampler, LatencyBudget
+from hwnas.nas._budget import DEFAULT_QUANTILE, BudgetedSampler, LatencyBudget
 from hwnas.nas._prepare import TABLE_FILE, prepare_search  # TABLE_FILE: where a search keeps its table
 from hwnas.train import TrainConfig
 
@@ -104,7 +104,7 @@ class RandomSearchConfig:
     space_config: dict[str, Any] = field(default_factory=lambda: {"width_mult": 0.35})
     predictor: str = "auto"
     budget: LatencyBudget | None = None
-    budget_quantile: float = 0.5
+    budget_quantile: float = DEFAULT_QUANTILE
     trials: int = 8
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
