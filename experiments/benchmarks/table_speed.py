@@ -10,8 +10,9 @@ For each search space (ImageNet config, 224 px) a :class:`hwnas.LatencyTable` is
 are timed (best of ``--repeats``) and printed as architectures per second, with the ratio to NNI. Goal:
 ``latency_batch`` ≥ 100,000 archs/s. Scores of the two are checked to agree.
 
-The predictor is the tiny fake of the unit tests (``tests/unit/test_tables.py``): no embedded predictor exists
-yet. Latency values are therefore not meaningful; the speeds are (they do not depend on the values).
+The predictor is the tiny fake of the unit tests (``tests/unit/test_tables.py``), not an embedded one: a table's
+scoring speed depends on its shape (labels, choices), not on the values in it, so the latency values printed are
+not meaningful and the speeds are.
 
     python -m experiments.benchmarks.table_speed [--archs 200000] [--nni-samples 5000]
 """
@@ -84,7 +85,7 @@ def main() -> None:
     torch.set_num_threads(1)
     pred = fake_predictor()
     print(f"device: {_cpu_model()}, numpy {np.__version__}, 1 thread")
-    print(f"predictor: {pred.name} — the unit tests' FAKE predictor (no embedded predictor exists yet); "
+    print(f"predictor: {pred.name} — the unit tests' FAKE predictor (scoring speed does not depend on the values); "
           "latency values are not meaningful, speeds are")
     print(f"{'space':10s} {'L':>3s} {'build s':>8s} {'batch idx/s':>13s} {'batch dict/s':>13s} "
           f"{'latency()/s':>12s} {'NNI expr/s':>11s} {'idx/NNI':>8s} {'dict/NNI':>9s}")

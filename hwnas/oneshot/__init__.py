@@ -14,8 +14,8 @@ Public API (everything else is private machinery and may change):
   BatchNorm); :func:`evolve`, :class:`EvolutionConfig`, :class:`EvolutionResult`, :class:`Candidate`,
   :func:`pareto_front` (evolutionary search within the budget).
 
-Names are imported lazily on first use (``import hwnas.oneshot`` imports neither torch, Lightning nor NNI); a
-module of this package that is absent in this version raises ``AttributeError`` naming it.
+Names are imported lazily on first use (``import hwnas.oneshot`` imports neither torch, Lightning nor NNI); a name
+that is not public here raises ``AttributeError`` naming it.
 """
 
 from __future__ import annotations
