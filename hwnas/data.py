@@ -7,8 +7,9 @@
 - ``imagefolder``: any ``root/train/<class>/*.jpg`` + ``root/val/<class>/*.jpg`` tree.
 
 Every factory is a plain module-level function taking keyword arguments, so NNI can ``nni.trace`` it and a trial
-rebuilds the data inside its own process (trial payloads stay small, see NNI_NOTES). A missing path or a
-malformed dataset raises :class:`hwnas.errors.DataError` naming the path and what is wrong.
+rebuilds the data inside its own process (NNI pickles every argument that is not traced, up to 64 KB, so trial
+payloads stay small). A missing path or a malformed dataset raises :class:`hwnas.errors.DataError` naming the
+path and what is wrong.
 """
 
 from __future__ import annotations

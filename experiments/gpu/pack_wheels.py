@@ -2,7 +2,7 @@
 
 Nothing is downloaded: each wheel is rebuilt from the files of the distribution installed in this environment
 (``importlib.metadata``), as ``NAME-VERSION-py3-none-any.whl``. NNI loses ``nni_node/`` (the bundled Node.js
-experiment manager, ~60 MB; one-shot training does not use it; ``NNI_NOTES.md``) and its ``RECORD`` lines.
+experiment manager, ~60 MB; one-shot training does not use it) and its ``RECORD`` lines.
 Compiled extensions are left out: every package packed here is pure Python, or (``websockets``, ``wcwidth``) has a
 pure-Python fallback for its optional speed-ups, so the wheels install on the GPU image's Python 3.12.
 
@@ -20,7 +20,7 @@ import importlib.metadata as md
 import zipfile
 from pathlib import Path
 
-#: NNI and its requirements absent from the GPU image (NNI_NOTES.md), plus prettytable's wcwidth
+#: NNI and its requirements absent from the GPU image (Python 3.12, torch 2.11), plus prettytable's wcwidth
 PACKAGES = ("nni", "astor", "json-tricks", "prettytable", "wcwidth", "PythonWebHDFS", "responses", "schema",
             "typeguard", "websockets")
 _SKIP_SUFFIXES = (".so", ".pyd", ".pyc", ".dylib")

@@ -179,7 +179,8 @@ def step_throughput(run: Run, compiled: bool = False) -> dict[str, Any]:
     """The throughput matrix's entries without compile (``compiled=False``) or with it."""
     if not nni_available():
         return {"skipped": "nni is not importable: the search spaces are NNI model spaces, so no one-shot "
-                           "pipeline (hwnas's or NNI's) can run; install the stripped nni wheel (NNI_NOTES.md)",
+                           "pipeline (hwnas's or NNI's) can run; install the stripped nni wheel "
+                           "(experiments/gpu/pack_wheels.py)",
                 "rows": []}
     from experiments.benchmarks.oneshot_throughput import measure
 

@@ -8,7 +8,7 @@
 # - hwnas is installed with --no-deps (the image's torch stays); where pip cannot build offline, the repository root
 #   goes on PYTHONPATH instead (hwnas and search_spaces are plain packages there);
 # - the wheels in experiments/gpu/wheels/ (nni 3.0 without nni_node, 0.9 MB, and the small pure-Python
-#   requirements the image lacks; rebuilt from installed files by experiments/gpu/pack_wheels.py, NNI_NOTES.md) are
+#   requirements the image lacks; rebuilt from installed files by experiments/gpu/pack_wheels.py) are
 #   installed with --no-index --no-deps into /tmp/hwnas-gpu-site; should nni still not import, the run records that
 #   the one-shot throughput step was skipped and runs the nni-free steps (env, build, zoo).
 set -uo pipefail

@@ -7,8 +7,8 @@ The expected latency of a supernet whose choice layer ``l`` picks candidate ``j`
 
 (``skip`` choices included, with their own row entry). It is a torch expression of ``α``: its gradient is exact,
 unlike NNI 3.0's ``ExpectationProfilerPenalty`` (its probabilities come from ``softmax(...).tolist()``, so no
-gradient reaches ``α``; see ``NNI_NOTES.md``). Two ways of combining it with the cross-entropy ``CE`` of the
-architecture step, as in the ProxylessNAS reference code (mit-han-lab/proxylessnas, ``search/nas_manager.py``,
+gradient reaches ``α``). Two ways of combining it with the cross-entropy ``CE`` of the architecture step, as in
+the ProxylessNAS reference code (mit-han-lab/proxylessnas, ``search/nas_manager.py``,
 ``GradientArchSearchConfig.add_regularization_loss``):
 
 - ``"mul#log"``: ``α_reg · CE · (log E[lat] / log ref) ** β``

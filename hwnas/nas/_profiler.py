@@ -15,7 +15,7 @@ Limitations
   rejection cap (``max_consecutive_rejections``) turns sampling that would never end into
   :class:`~hwnas.errors.InfeasibleBudgetError`.
 - ``ExpectationProfilerPenalty`` computes the expectation with ``softmax(...).tolist()``, so NNI's penalty carries no
-  gradient (see ``NNI_NOTES.md``); use :class:`hwnas.nas.LatencyLoss` for a differentiable latency loss.
+  gradient (Python floats, no graph); use :class:`hwnas.nas.LatencyLoss` for a differentiable latency loss.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ penalty with ``export_probs()`` (Python floats), so a graph-keeping penalty woul
 to the mixed layers' parameters; and the stock pipeline cannot be made fast: its ``_ProxylessFunction.backward``
 checks ``needs_input_grad`` of the wrong argument and so runs every other candidate of every layer in *every*
 backward pass, weight steps included; every step also runs an architecture step on a second (validation) batch;
-and its resume loads checkpoints in a way torch >= 2.6 rejects (``NNI_NOTES.md``). Here instead:
+and its resume loads checkpoints in a way torch >= 2.6 rejects (fixed by :func:`hwnas.nas.allowlisted_checkpoints`).
+Here instead:
 
 - the space stays an unchanged NNI ``ModelSpace`` inside :class:`ProxylessSupernet` (so
   :func:`search_spaces.build_subnet` copies the derived subnet's trained weights out of it);
