@@ -35,6 +35,7 @@ import numpy as np
 
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol
 from hwnas.errors import HwnasError
+from hwnas.files import atomic_write
 
 #: Resolutions of the probe networks (small: the probe must be cheap) and networks per family.
 PROBE_RESOLUTIONS = (96, 112, 128, 144, 160)
@@ -383,7 +384,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
               "n_networks": len(nets), "n_kernels": len(probe), "transfer_holdout": transfer.get("holdout"),
               "heldout": heldout, "registered": registered, "wall_s": round(time.monotonic() - start, 1),
               "time_budget_min": budget, "status": meta["status"]}
-    (out / "adapt.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(out / "adapt.json", json.dumps(report, indent=2) + "\n")
     say(f"adapt: {meta['status']}; predictor {name!r} written to {path}"
         + (f", registered for 'auto' at {registered}" if registered else "") + f" ({report['wall_s']:.0f} s)")
     return report

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from hwnas.builder._config import BuildConfig
 from hwnas.builder._protocol import MeasureProtocol
+from hwnas.files import atomic_write
 from hwnas.kernels import FusionRules
 
 
@@ -79,7 +80,7 @@ def build_fusion_rules(cfg: BuildConfig, progress: bool) -> FusionRules:
         from hwnas.builder._fusion import detect_fusion_rules
 
         found = detect_fusion_rules(cfg.backend, protocol=cfg.protocol, progress=progress)
-        path.write_text(json.dumps(found, indent=1))
+        atomic_write(path, json.dumps(found, indent=1))   # read back on resume: never half a file
     return FusionRules([r["ops"] for r in found if rule_fuses(r)])
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hwnas.data import DataConfig
+from hwnas.files import atomic_write
 from hwnas.nas._budget import DEFAULT_QUANTILE
 from hwnas.train import TrainConfig
 
@@ -356,7 +357,7 @@ def run_nni_search(cfg: NniSearchConfig, *, on_record: Callable[[dict], None] | 
                "trained": len(trained), "wall_seconds": wall, "seconds_per_trial": result.seconds_per_trial(),
                "filter": {"accepted": result.filter_counts[0], "rejected": result.filter_counts[1]},
                "interrupted": interrupted, "nni_dir": str((out / "nni" / exp.id).resolve())}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 
