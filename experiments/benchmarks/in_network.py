@@ -15,7 +15,10 @@ end-to-end truths of ``measure_models`` (median of the passes), and compares, pe
   side (:func:`hwnas.builder.trace_labels`), the network's own kernels only: the variant that keeps latency
   tables exact, hence the one a shipped predictor uses;
 
-and, for the seen-family figure, a 5-fold cross-validation over networks of the absorbed variant. It also
+and two baselines: a MACs line fitted on the other families (``flops_lofo``) and an **op lookup**
+(``op_lookup``): the isolated-kernel predictor (``--predictor``'s fallback) pricing every op alone, no fusion,
+no network fitting (nn-Meter's op-level baseline; a network with an op it has no regressor for gets none).
+For the seen-family figure, a 5-fold cross-validation over networks of the absorbed variant. It also
 reports how often the layout rules predict the compiled graph's conversion count exactly. Kernel types the
 training families never showed are priced by the shipped predictor's isolated kernels, split under its own rules
 (``--no-fallback``: by the longest fitted prefix, else a regressor pooled over non-MAC kernels).
@@ -42,7 +45,7 @@ METHODS = ("shipped", "oracle", "derived", "derived_no_layout", "absorbed")
 LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "derived": "in-net, derived rules",
           "derived_no_layout": "  ... no conversions", "absorbed": "in-net, conv. absorbed",
           "cv": "in-net absorbed, 5-fold CV", "raw_cv": "kernel sum, 5-fold CV",
-          "flops_lofo": "FLOPs line, LOFO"}
+          "flops_lofo": "FLOPs line, LOFO", "op_lookup": "op lookup (isolated)"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -158,7 +161,23 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
             rows[i]["cv"] = model.network_ms(ks)
             rows[i]["raw_cv"] = float(model.kernel_latencies(ks).sum())   # the kernel sum alone
     _flops_lofo(rows)
+    _op_lookup(rows, fallback if fallback is not None else predictor)
     return {"rules_by_family": rules_by_family}
+
+
+def _op_lookup(rows: list[dict[str, Any]], isolated: Any) -> None:
+    """``op_lookup``: every op of the network its own kernel (no fusion rule), priced by ``isolated`` (a predictor
+    of kernels timed alone) plus its per-call overhead; None where it has no regressor for an op."""
+    from hwnas.errors import UnknownKernelError
+    from hwnas.kernels import FusionRules, detect_kernels
+
+    alone = FusionRules([])
+    for r in rows:
+        try:
+            ms = isolated.kernel_latencies(detect_kernels(r["trace"].graph, alone))
+            r["op_lookup"] = float(ms.sum()) + isolated.overhead_ms
+        except UnknownKernelError:
+            r["op_lookup"] = None
 
 
 def _flops_lofo(rows: list[dict[str, Any]]) -> None:
@@ -217,13 +236,20 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         noise = [r["noise"] for r in sel if r["noise"] is not None]
         out: dict[str, Any] = {"n": len(sel), "noise_within10": 100 * float(np.mean(noise)) if noise else None,
                                "layout_count_exact": 100 * float(np.mean([r["layout_exact"] for r in sel]))}
-        for m in (*METHODS, "cv", "raw_cv", "flops_lofo"):
-            v = np.array([r[m] for r in sel])
-            ratio = v / meas
+        for m in (*METHODS, "cv", "raw_cv", "flops_lofo", "op_lookup"):
+            have = [r.get(m) is not None for r in sel]     # op_lookup: None where an op has no regressor
+            if not any(have):
+                out[m] = {"ratio_median": None, "within10": None, "kendall_tau": None, "resolution_spearman": None,
+                          "n": 0}
+                continue
+            v = np.array([r[m] for r, h in zip(sel, have) if h], dtype=np.float64)
+            ratio = v / meas[np.array(have)]
+            # a network the method cannot price counts as a miss in within10 (the share is of all networks)
             out[m] = {"ratio_median": float(np.median(ratio)),
-                      "within10": 100 * float(np.mean(np.abs(ratio - 1) <= 0.1)),
-                      "kendall_tau": _tau(list(v), list(meas)),
-                      "resolution_spearman": _spearman([r["side"] for r in sel], list(ratio))}
+                      "within10": 100 * float(np.sum(np.abs(ratio - 1) <= 0.1)) / len(sel),
+                      "kendall_tau": _tau(list(v), list(meas[np.array(have)])),
+                      "resolution_spearman": _spearman([r["side"] for r, h in zip(sel, have) if h], list(ratio)),
+                      "n": int(sum(have))}
         return out
 
     fams = sorted({r["family"] for r in rows})
@@ -233,11 +259,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def accuracy_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary in ``predictor_accuracy``'s keys (issue 14) for the shipped variant (conversions absorbed):
     ``raw`` is its kernel sum without the network term and ``cal_cv`` the full model, both from the 5-fold CV fits;
-    ``lofo`` held out by family; ``flops`` a MACs line fitted on the other families; no op-lookup (null)."""
+    ``lofo`` held out by family; ``flops`` a MACs line fitted on the other families; ``op_lookup`` the isolated
+    predictor pricing every op alone (a network it cannot price counts as outside ±10%)."""
     def one(s: dict[str, Any]) -> dict[str, Any]:
         return {"n": s["n"], "noise_within10": s["noise_within10"], "raw_within10": s["raw_cv"]["within10"],
                 "cal_cv_within10": s["cv"]["within10"], "lofo_within10": s["absorbed"]["within10"],
-                "flops_within10": s["flops_lofo"]["within10"], "op_lookup_within10": None,
+                "flops_within10": s["flops_lofo"]["within10"],
+                "op_lookup_within10": s["op_lookup"]["within10"] if "op_lookup" in s else None,
                 "raw_sum_ratio_median": s["raw_cv"]["ratio_median"], "kendall_tau": s["cv"]["kendall_tau"],
                 "kendall_tau_lofo": s["absorbed"]["kendall_tau"],
                 "raw_ratio_resolution_spearman": s["raw_cv"]["resolution_spearman"]}
@@ -246,7 +274,7 @@ def accuracy_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(summary: dict[str, Any]) -> str:
-    cols = (*METHODS, "cv", "flops_lofo")
+    cols = (*METHODS, "cv", "flops_lofo", "op_lookup")
     head = f"{'family':14s} {'n':>3s} {'noise':>5s} {'layout=':>7s} | " + " | ".join(f"{LABELS[c]:>22s}" for c in cols)
     sub = f"{'':14s} {'':3s} {'':5s} {'':7s} | " + " | ".join(f"{'±10%   ratio    tau':>22s}" for _ in cols)
     lines = [head, sub, "-" * len(head)]
@@ -254,7 +282,10 @@ def _table(summary: dict[str, Any]) -> str:
         nz = f"{s['noise_within10']:4.0f}%" if s["noise_within10"] is not None else "    -"
         cells = []
         for c in cols:
-            t = s[c]["kendall_tau"]
+            t = (s.get(c) or {}).get("kendall_tau")
+            if s.get(c) is None or s[c]["within10"] is None:      # older JSON without the column, or none priced
+                cells.append(f"{'-':>22s}")
+                continue
             cells.append(f"{s[c]['within10']:4.0f}%  {s[c]['ratio_median']:6.3f}  {t:+.2f}" if t is not None
                          else f"{s[c]['within10']:4.0f}%  {s[c]['ratio_median']:6.3f}     -")
         lines.append(f"{name:14s} {s['n']:3d} {nz} {s['layout_count_exact']:6.0f}% | " +
@@ -345,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     print(_table(summary))
     if args.json:
         keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "raw_cv",
-                "flops_lofo", "fallbacks")
+                "flops_lofo", "op_lookup", "fallbacks")
         Path(args.json).write_text(json.dumps({
             "machine": dev, "traced_on": traced_on, "block": block, "predictor": predictor.name, "passes": passes,
             "summary": summary, "rules_cut_at": ["-".join(p) for p in pairs], **extra,

@@ -93,8 +93,8 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cac
                         split_pairs: Iterable[tuple[str, str]] = ()) -> tuple[FusionRules, dict]:
     """Fusion rules read from traces: an op chain becomes a rule when ONNX Runtime ran it as one kernel in at
     least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Candidates are the
-    op sequences of ONNX Runtime's kernels and their prefixes (a channel shuffle's ``concat-reshape-permute-
-    reshape`` inside a kernel that also holds one of the two slices reading it). Returns the rules and per
+    op sequences of ONNX Runtime's kernels and their prefixes (a ``channel_shuffle-split`` where one kernel shuffles
+    the channels and cuts them in two). Returns the rules and per
     candidate pattern ``{"fused": n, "occurs": n}``. ``cache`` (a dict kept by the caller) keeps the per-trace
     counts between calls on overlapping sets of traces (and the same ``split_pairs``). A kernel is cut between
     two consecutive ops forming one of ``split_pairs`` (the ops meeting across a search space's block boundary,

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hwnas.errors import CaptureError
-from hwnas.graph import OpGraph
+from hwnas.graph import OpGraph, canonicalize
 from hwnas.kernels import FusionRules, Kernel, detect_kernels
 
 #: Suffixes ONNX Runtime's graph transformers append to the names of the nodes they rewrite.
@@ -170,9 +170,35 @@ class NodeTrace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NodeTrace":
-        return cls(OpGraph.from_json(d["graph"]), [(str(a), str(b), float(c), e) for a, b, c, e in d["nodes"]],
-                   [(str(a), float(b), str(c), [str(x) for x in t]) for a, b, c, t in d["reorders"]],
+        """Read :meth:`to_dict`'s form. The graph is brought to today's canonical form
+        (:func:`hwnas.graph.canonicalize`: a trace stored before a graph pass was added reads as a fresh trace
+        of the network would), and an anchor whose op a pass removed moves to the op of that op's first input,
+        the rule a fresh trace follows for an ONNX node with no hwnas op of its own."""
+        stored = OpGraph.from_json(d["graph"])
+        graph = canonicalize(stored)
+        anchor = _reanchor(stored, graph)
+        return cls(graph, [(str(a), str(b), float(c), anchor(e)) for a, b, c, e in d["nodes"]],
+                   [(str(a), float(b), str(anchor(c)), [str(anchor(x)) for x in t]) for a, b, c, t in d["reorders"]],
                    float(d["run_ms"]))
+
+
+def _reanchor(stored: OpGraph, graph: OpGraph) -> Any:
+    """Map an anchor of ``stored`` onto ``graph`` (its canonical form): kept if the op is still there, else the
+    anchor of its first input (``"input"`` for the graph input, None if it has no input)."""
+    kept = {n.name for n in graph.nodes}
+    if len(kept) == len(stored.nodes):
+        return lambda name: name
+    old = {n.name: n for n in stored.nodes}
+
+    def anchor(name: str | None) -> str | None:
+        seen = set()
+        while name is not None and name not in kept and name in old and name not in seen:
+            seen.add(name)
+            ins = old[name].inputs
+            name = ins[0] if ins else None
+        return "input" if name in stored.inputs else name
+
+    return anchor
 
 
 def _reorder_links(optimized: Any, anchor_of: dict[str, str | None]) -> dict[str, tuple[str, list[str]]]:

@@ -1,6 +1,9 @@
 """Graph passes shared by every front-end, so the same network gives the same op graph from any format.
 
 - ``reshape → permute → reshape`` back to the original 4-d shape is a channel shuffle.
+- SPOS's shuffle-and-split (``reshape`` to ``(N*C/k, k, H*W)``, swap the first two axes, ``reshape`` to
+  ``(k, N, C/k, H, W)``, then ``x[0]`` ... ``x[k-1]``) is a ``channel_shuffle`` followed by a ``split`` into ``k``
+  parts on the channel axis: the same data movement as ShuffleNetV2's shuffle and chunk, so both price alike.
 - ``x * sigmoid(x)`` (how ONNX exporters write SiLU) is ``silu``.
 - ``conv → bn`` (the convolution read by nothing else) is one convolution with a bias: every backend folds an
   inference batch norm into the convolution before it, and an ONNX file exported in eval mode arrives folded
@@ -49,6 +52,65 @@ def fold_channel_shuffle(graph: OpGraph) -> OpGraph:
     return OpGraph(_replace(graph.nodes, drop, new), graph.inputs, graph.source) if new else graph
 
 
+def fold_shuffle_split(graph: OpGraph) -> OpGraph:
+    """Rewrite SPOS's shuffle-and-split as ``channel_shuffle`` → ``split`` (axis 1).
+
+    The chain is ``reshape (N, C, H, W) → (N*C/k, k, H*W)``, a ``permute`` to ``(k, N*C/k, H*W)``, a ``reshape`` to
+    ``(k, N, C/k, H, W)`` and ``k`` selects along its first axis, each ``(N, C/k, H, W)``. Part ``j`` holds channels
+    ``j, j+k, ...``: the inverse of the ``groups=k`` channel shuffle, which moves the same bytes, so the shuffle is
+    recorded with ``groups=k``. The shuffle takes the second reshape's name, the split the first select's; the
+    other selects' readers read the split, as for the ``split`` of a ``chunk``.
+    """
+    drop: set[str] = set()
+    new: dict[str, OpNode] = {}
+    rename: dict[str, str] = {}
+    for a in graph.nodes:
+        if a.op != "reshape" or len(a.input_shapes[0]) != 4 or len(a.output_shape) != 3:
+            continue
+        n, ch, h, w = a.input_shapes[0]
+        m, k, hw = a.output_shape
+        if k < 2 or ch % k or m != n * ch // k or hw != h * w:
+            continue
+        ca = graph.consumers(a.name)
+        if len(ca) != 1 or graph[ca[0]].op != "permute" or tuple(graph[ca[0]].output_shape) != (k, m, hw):
+            continue
+        b = graph[ca[0]]
+        cb = graph.consumers(b.name)
+        if len(cb) != 1 or graph[cb[0]].op != "reshape" or tuple(graph[cb[0]].output_shape) != (k, n, ch // k, h, w):
+            continue
+        c = graph[cb[0]]
+        parts = [graph[i] for i in graph.consumers(c.name)]
+        if len(parts) != k or any(p.op != "slice" or tuple(p.output_shape) != (n, ch // k, h, w) for p in parts):
+            continue
+        drop.update({a.name, b.name})
+        new[c.name] = OpNode(c.name, "channel_shuffle", list(a.inputs), list(a.input_shapes), (n, ch, h, w),
+                             {"groups": int(k)})
+        new[parts[0].name] = OpNode(parts[0].name, "split", [c.name], [(n, ch, h, w)], parts[0].output_shape,
+                                    {"axis": 1})
+        rename.update({p.name: parts[0].name for p in parts[1:]})
+    return _rewire(graph, drop, new, rename) if new else graph
+
+
+def _rewire(graph: OpGraph, drop: set[str], new: dict[str, OpNode], rename: dict[str, str]) -> OpGraph:
+    """``graph`` without ``drop`` and the nodes named in ``rename``, with ``new`` in place of nodes of the same
+    name, and every input named in ``rename`` read from its new name (once per reader)."""
+    nodes = []
+    for n in graph.nodes:
+        if n.name in drop or n.name in rename:
+            continue
+        n = new.get(n.name, n)
+        if any(i in rename for i in n.inputs):
+            ins, shapes = [], []
+            for i, s in zip(n.inputs, n.input_shapes):
+                i = rename.get(i, i)
+                if i not in ins:
+                    ins.append(i)
+                    shapes.append(s)
+            n = OpNode(n.name, n.op, ins, shapes, n.output_shape, n.attrs)
+        nodes.append(n)
+    return OpGraph(nodes, graph.inputs, graph.source)
+
+
 def fold_silu(graph: OpGraph) -> OpGraph:
     """Collapse ``mul(x, sigmoid(x))`` into ``silu`` when the sigmoid feeds only that mul."""
     drop: set[str] = set()
@@ -84,23 +146,7 @@ def fold_slices_into_split(graph: OpGraph) -> OpGraph:
         head = slices[0]
         new[head.name] = OpNode(head.name, "split", [src], [shape], head.output_shape, {"axis": diff[0]})
         rename.update({s.name: head.name for s in slices[1:]})
-    if not new:
-        return graph
-    nodes = []
-    for n in graph.nodes:
-        if n.name in rename:
-            continue
-        n = new.get(n.name, n)
-        if any(i in rename for i in n.inputs):
-            ins, shapes = [], []
-            for i, s in zip(n.inputs, n.input_shapes):
-                i = rename.get(i, i)
-                if i not in ins:
-                    ins.append(i)
-                    shapes.append(s)
-            n = OpNode(n.name, n.op, ins, shapes, n.output_shape, n.attrs)
-        nodes.append(n)
-    return OpGraph(nodes, graph.inputs, graph.source)
+    return _rewire(graph, set(), new, rename) if new else graph
 
 
 def fold_batchnorm(graph: OpGraph) -> OpGraph:
@@ -247,7 +293,17 @@ def check_vocabulary(graph: OpGraph) -> OpGraph:
 
 
 def finalize(graph: OpGraph) -> OpGraph:
-    """Apply the shared passes and the vocabulary check."""
-    graph = fold_silu(fold_channel_shuffle(fold_slices_into_split(graph)))
+    """Apply the shared passes and the vocabulary check (what every front-end ends with)."""
+    graph = fold_silu(fold_channel_shuffle(fold_slices_into_split(fold_shuffle_split(graph))))
     graph = fold_adaptive_pool(fold_bias_add(fold_batchnorm(drop_no_op_data_movement(graph))))
     return check_vocabulary(graph)
+
+
+def canonicalize(graph: OpGraph) -> OpGraph:
+    """``graph`` in today's canonical form: the shared passes and the vocabulary check, as every capture ends.
+
+    A graph captured now is unchanged; one stored by an older hwnas (before a pass was added) comes out as a
+    capture of the same network would today. The passes only merge, drop or rename nodes: every node of the
+    result keeps the name of a node of ``graph``.
+    """
+    return finalize(graph)

@@ -185,6 +185,7 @@ def test_in_network_accuracy_summary_has_predictor_accuracys_keys(traces):
         row = {"model": f"m{i}", "family": "a" if i < 2 else "b", "side": 16 + 8 * (i % 2), "trace": t,
                "measured_ms": truth, "noise": 1.0, "layout_exact": True}
         row.update({m: truth * (1.05 if m == "cv" else 1.3) for m in (*bench.METHODS, "cv", "raw_cv")})
+        row["op_lookup"] = truth if i < 3 else None      # the last network has an op the lookup cannot price
         rows.append(row)
     bench._flops_lofo(rows)
     summary = bench.accuracy_summary(bench.summarise(rows))
@@ -193,4 +194,38 @@ def test_in_network_accuracy_summary_has_predictor_accuracys_keys(traces):
     assert keys <= set(summary["all"]) and set(summary["families"]) == {"a", "b"}
     assert summary["all"]["cal_cv_within10"] == 100.0 and summary["all"]["raw_within10"] == 0.0
     assert summary["all"]["raw_sum_ratio_median"] == pytest.approx(1.3)
-    assert summary["all"]["op_lookup_within10"] is None and summary["families"]["a"]["noise_within10"] == 100.0
+    assert summary["all"]["op_lookup_within10"] == 75.0          # the unpriced network counts as a miss
+    assert summary["families"]["b"]["op_lookup_within10"] == 50.0 and summary["families"]["a"]["noise_within10"] == 100.0
+    assert "op lookup" in bench._table(bench.summarise(rows))
+
+
+class _SposSplit(nn.Module):
+    """SPOS's shuffle-and-split into a conv and a concat."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv = nn.Conv2d(c // 2, c // 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        n, c, h, w = x.size()
+        x = x.reshape(n * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
+        return torch.cat([x[0], self.conv(x[1])], 1)
+
+
+def test_a_trace_stored_before_a_graph_pass_reads_as_a_fresh_trace(monkeypatch):
+    from hwnas.graph import _passes
+
+    fresh = trace_onnxruntime(_SposSplit().eval(), (1, 3, 8, 8), runs=2, warmup=1)
+    with monkeypatch.context() as m:          # the capture as it was before the shuffle-and-split pass
+        m.setattr(_passes, "fold_shuffle_split", lambda g: g)
+        old = trace_onnxruntime(_SposSplit().eval(), (1, 3, 8, 8), runs=2, warmup=1)
+    assert "channel_shuffle" not in {n.op for n in old.graph}
+    again = NodeTrace.from_dict(old.to_dict())
+    assert [n.op for n in again.graph] == [n.op for n in fresh.graph]
+    assert {"channel_shuffle", "split"} <= {n.op for n in again.graph}
+    assert [(a, b, e) for a, b, _, e in again.nodes] == [(a, b, e) for a, b, _, e in fresh.nodes]
+    assert [(k, s, t) for k, _, s, t in again.reorders] == [(k, s, t) for k, _, s, t in fresh.reorders]
+    kernels, ms = ort_kernel_groups(again)                 # no node time lost on the way
+    assert ms.sum() == pytest.approx(sum(n[2] for n in again.nodes if n[3] is not None), rel=1e-12)

@@ -66,6 +66,49 @@ def test_channel_shuffle_split_and_silu_are_folded():
     assert g.nodes[-1].attrs["groups"] == 2
 
 
+
+class SposShuffleSplit(nn.Module):
+    """SPOS's shuffle-and-split (even channels, odd channels) feeding a conv and a concat, as in a SPOS block."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(channels // 2, channels // 2, 1)
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.reshape(n * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
+        return torch.cat([x[0], self.conv(x[1])], 1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_spos_shuffle_and_split_is_a_channel_shuffle_and_a_split(batch):
+    shape = (batch, 8, 4, 4)
+    m = SposShuffleSplit().eval()
+    graphs = {"torch": capture(m, "torch", shape),
+              "torchscript": capture(torch.jit.trace(m, torch.zeros(shape)), "torchscript", shape)}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(shape),), buf, dynamo=False)
+    graphs["onnx"] = capture(buf.getvalue(), "onnx", shape)
+    for route, g in graphs.items():
+        assert [n.op for n in g] == ["channel_shuffle", "split", "conv", "concat"], route
+        shuffle, split, conv, cat = g.nodes
+        assert shuffle.attrs["groups"] == 2 and tuple(shuffle.output_shape) == shape, route
+        assert tuple(split.output_shape) == (batch, 4, 4, 4) and split.inputs == [shuffle.name], route
+        assert conv.inputs == [split.name] and cat.inputs == [split.name, conv.name], route
+
+
+def test_a_reshape_permute_reshape_read_whole_is_left_alone():
+    class ReadWhole(nn.Module):
+        def forward(self, x):   # the same chain, but the 5-d tensor is read whole, not split into its parts
+            n, c, h, w = x.size()
+            return x.reshape(n * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w) * 2.0
+
+    g = capture(ReadWhole(), "torch", (1, 8, 4, 4))
+    assert [n.op for n in g] == ["reshape", "permute", "reshape", "mul"]
+
+
 def test_torchscript_and_onnx_give_the_same_graph_as_torch():
     m = TinyNet().eval()
     ref = [n.op for n in capture(m, "torch", (1, 3, 32, 32))]

@@ -27,7 +27,7 @@ RULES = [["conv", "bn", "relu"], ["conv", "bn", "relu6"], ["conv", "bn"], ["dwco
 KERNEL_TYPES = ["conv-bn-relu", "conv-bn-relu6", "conv-bn", "dwconv-bn-relu6", "dwconv-bn-relu", "dwconv-bn",
                 "add-relu", "add", "concat", "reshape", "permute", "slice", "split", "channel_shuffle",
                 "global_avgpool", "fc", "conv", "dwconv", "bn", "relu", "relu6", "maxpool", "avgpool",
-                "concat-reshape"]   # the last one only for the boundary-fusion test
+                "concat-channel_shuffle"]   # the last one only for the boundary-fusion test
 FEATURES = ["macs", "in_elems", "out_elems", "hin", "cin", "kernel"]
 
 
@@ -298,14 +298,14 @@ def test_bad_labels_and_choices_are_named(small):
 
 
 def test_fusion_across_a_block_boundary_is_refused(pred):
-    # SPOS blocks end with concat and the next stride-1 block starts by reshaping its input: a rule
-    # concat-reshape fuses across the boundary, which a per-block table cannot represent.
+    # SPOS blocks end with concat and the next stride-1 block starts by shuffling its input's channels: a rule
+    # concat-channel_shuffle fuses across the boundary, which a per-block table cannot represent.
     space = ss.create_space("spos", **SMALL["spos"])
-    crossing = fake_predictor(RULES + [["concat", "reshape"]], name="crossing")
+    crossing = fake_predictor(RULES + [["concat", "channel_shuffle"]], name="crossing")
     kinds = {k["type"] for k in crossing.predict_kernels(ss.build_subnet(space, ss.random_arch(space, 0)),
                                                          "torch", (1, 3, 32, 32))}
-    assert "concat-reshape" in kinds   # the whole network really fuses across blocks
-    with pytest.raises(FusionBoundaryError, match="'concat-reshape'.*s1_b1"):
+    assert "concat-channel_shuffle" in kinds   # the whole network really fuses across blocks
+    with pytest.raises(FusionBoundaryError, match="'concat-channel_shuffle'.*s1_b1"):
         LatencyTable.build(space, crossing, (1, 3, 32, 32))
 
 
@@ -314,9 +314,9 @@ def test_boundary_op_pairs_name_the_pairs_the_table_check_refuses():
 
     space = ss.create_space("spos", **SMALL["spos"])
     pairs = boundary_op_pairs(space, (1, 3, 32, 32))
-    assert ("concat", "reshape") in pairs      # a shuffle block's output concat, the next block's channel shuffle
+    assert ("concat", "channel_shuffle") in pairs   # a shuffle block's output concat, the next block's shuffle
     assert ("conv", "bn") not in pairs         # inside a block only
-    safe = [r for r in RULES + [["concat", "reshape"]] if not any(tuple(r[i:i + 2]) in pairs
+    safe = [r for r in RULES + [["concat", "channel_shuffle"]] if not any(tuple(r[i:i + 2]) in pairs
                                                                  for i in range(len(r) - 1))]
     LatencyTable.build(space, fake_predictor(safe, name="split"), (1, 3, 32, 32))   # no FusionBoundaryError
 
