@@ -8,6 +8,7 @@ registry (to choose one for this machine) and the builder (to tag every measurem
 the runtime versions (torch, onnxruntime, numpy). :func:`same_device` compares only what changes kernel speed for
 a given runtime build: CPU model, relevant flags and architecture. Runtime versions are compared separately
 (:func:`same_runtime`) because a measurement store or predictor also depends on them.
+:func:`last_level_cache_bytes` reads the size of the last-level cache (what cold-weight timing must flush).
 
 Nothing is imported at module import; reading the fingerprint reads ``/proc/cpuinfo`` on Linux and asks
 ``platform`` elsewhere. torch is queried (for its dispatch capability) only if it is already installed.
@@ -257,3 +258,41 @@ def describe(fp: Mapping[str, Any]) -> str:
     sig = f", {fp['cpu_signature']}" if fp.get("cpu_signature") else ""
     return (f"{fp.get('cpu_model')} ({fp.get('arch')}, {isa_level(fp)}{sig}, {fp.get('usable_cores')} usable cores"
             f"{', VM' if fp.get('virtualized') else ''}); {rt}; python {fp.get('python', sys.version.split()[0])}")
+
+
+def _size_bytes(text: str) -> int:
+    """``"32768K"`` / ``"32 MB"`` / ``"512"`` as bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"cannot read a cache size from {text!r}")
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+
+
+def last_level_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Size of the last-level data (or unified) cache of CPU 0, in bytes, read from Linux's sysfs.
+
+    Raises
+    ------
+    OSError
+        The cache description is not there (not Linux, or a container hiding it): nothing is guessed.
+    """
+    best: tuple[int, int] | None = None
+    names = sorted(os.listdir(sysfs)) if os.path.isdir(sysfs) else []
+    for name in names:
+        d = os.path.join(sysfs, name)
+        if not name.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "level")) as f:
+                level = int(f.read().strip())
+            with open(os.path.join(d, "size")) as f:
+                size = _size_bytes(f.read())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and (best is None or level > best[0]):
+            best = (level, size)
+    if best is None:
+        raise OSError(f"no CPU cache size readable under {sysfs}: the last-level cache size cannot be measured here")
+    return best[1]

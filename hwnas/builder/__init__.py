@@ -26,6 +26,9 @@ Public API (everything else is private machinery and may change):
   :func:`block_size`, :data:`ORT_NCHWC` — the layout conversions ONNX Runtime's NCHWc pass inserts (rules as data); :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
   another (ms);
   :func:`features_for` — the feature names a kernel type's regressor is fitted on.
+- :func:`measure_cold`, :class:`ColdMeasurement` — a model's latency with its weights out of cache and its input
+  in cache (as inside a network whose weights exceed the cache), beside its back-to-back latency (ms);
+  :func:`measure_cold_in_context` — the same for a kernel, timed after a 1x1 convolution as the builder times it.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module. Its stages, for benchmarks that re-run one of them: :func:`build_fusion_rules` (the rules a
   build prices with), :func:`sample_kernels` (the kernel specs it measures; :func:`spec_key` names one);
@@ -116,6 +119,9 @@ _LAZY = {
     "ORT_NCHWC": "hwnas.builder._layout",
     "fit_transfer": "hwnas.builder._transfer",
     "build": "hwnas.builder._build",
+    "measure_cold": "hwnas.builder._cold",
+    "measure_cold_in_context": "hwnas.builder._cold",
+    "ColdMeasurement": "hwnas.builder._cold",
     # store
     "register_commands": "hwnas.builder._cli",
     "open_store": "hwnas.builder._store",
