@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from experiments._cli import add_data_args, add_out_dir_arg, parse_with_config
 from hwnas.nas import DEFAULT_RANGE_FRACTION
+from hwnas.files import atomic_write
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 EPILOG = """\
@@ -218,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
     from hwnas.export import arch_document
 
     # the architecture with what rebuilds and prices it (space, config, input shape): `hwnas export --arch` reads it
-    (out / "arch.json").write_text(json.dumps(arch_document(args.space, space.config, arch, input_shape=shape),
+    atomic_write(out / "arch.json", json.dumps(arch_document(args.space, space.config, arch, input_shape=shape),
                                               indent=1) + "\n")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {
@@ -240,7 +241,7 @@ def _run(args: argparse.Namespace) -> int:
             latency_check(report.predicted_ms, report.measured_ms, report.backend, target))
         result["export"] = {"path": str(report.path), "method": report.method,
                             "predicted_ms": report.predicted_ms, "measured_ms": report.measured_ms}
-    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write(out / "result.json", json.dumps(result, indent=1) + "\n")
 
     print("\nderived architecture:")
     print("  " + " ".join(f"{k}={v}" for k, v in arch.items()))

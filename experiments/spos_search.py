@@ -39,6 +39,7 @@ import torch
 
 from experiments._cli import DeprecatedAlias, add_data_args, add_out_dir_arg, parse_with_config
 from hwnas.nas import DEFAULT_RANGE_FRACTION
+from hwnas.files import atomic_write
 
 DEFAULT_PREDICTOR = "auto"
 
@@ -238,9 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     torch.save(best_net.state_dict(), out / "best_subnet.pt")
     from hwnas.export import arch_document
 
-    (out / "best_arch.json").write_text(json.dumps(arch_document(  # what `hwnas export --arch` needs
-        "spos", space.config, best.arch, input_shape=(1, 3, args.image_size, args.image_size)), indent=1) + "\n",
-        encoding="utf-8")
+    atomic_write(out / "best_arch.json", json.dumps(arch_document(  # what `hwnas export --arch` needs
+        "spos", space.config, best.arch, input_shape=(1, 3, args.image_size, args.image_size)), indent=1) + "\n")
     title = (f"SPOS {args.data} width {args.width_mult}: {len(result.history)} candidates, "
              f"{predictor.name}")
     plot_pareto(result, out / "pareto.png", title)
@@ -259,8 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         summary["export"] = report.to_dict()
         print(report.table())
     summary["wall_seconds"] = time.perf_counter() - started
-    (out / "search.json").write_text(json.dumps({"summary": summary, "search": result.to_dict()}, indent=1) + "\n",
-                                     encoding="utf-8")
+    atomic_write(out / "search.json", json.dumps({"summary": summary, "search": result.to_dict()}, indent=1) + "\n")
     print("\nPareto front (accuracy vs predicted latency):")
     print(pareto_table(result, sampler.budget.max_ms))
     print(f"\nbest under {sampler.budget}: accuracy {best.accuracy:.4f}, predicted {best.latency_ms:.4f} ms "

@@ -10,7 +10,8 @@
 - :func:`read_jsonl` — the records of such a file. A line that is not a record is an error naming the file and
   the line, except a torn last line (no newline after it: a writer killed mid-write), which is dropped with a
   warning that says so (and, with ``repair``, cut from the file so that the next append starts a clean line);
-  :func:`parse_jsonl` is its parser, shared with the builder's measurement store (which reads gzip too).
+  :func:`parse_jsonl` is its parser, shared with the builder's measurement store. A ``.gz`` file (a store kept
+  compressed in the repository) is read through gzip, never repaired.
 
 Limitations
 -----------
@@ -201,11 +202,11 @@ def read_jsonl(path: str | os.PathLike, *, valid: Callable[[Any], bool] | None =
     Parameters
     ----------
     path : str or path-like
-        The file; blank lines are skipped.
+        The file; blank lines are skipped. A name ending in ``.gz`` is decompressed first.
     valid : callable, optional
         A record's check (e.g. that it has the fields of a trial); a line failing it counts as unreadable.
     repair : bool
-        Cut a torn last line from the file, so that the next append starts on a clean line.
+        Cut a torn last line from the file, so that the next append starts on a clean line (not for ``.gz``).
     what : str
         What a line should be, for the error message (``"a trial record"``).
 
@@ -229,6 +230,12 @@ def read_jsonl(path: str | os.PathLike, *, valid: Callable[[Any], bool] | None =
     if not path.is_file():
         return []
     raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        if repair:
+            raise ValueError(f"{path}: a gzip file is read only, it cannot be repaired (repair=True)")
+        raw = gzip.decompress(raw)
     records, complete, torn = parse_jsonl(raw, str(path), valid=valid, what=what)
     if torn:   # no newline after it: cut short by a kill, whatever it parses to
         line = raw.count(b"\n") + 1

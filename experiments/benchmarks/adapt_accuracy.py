@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hwnas.files import atomic_write
+
 HELDOUT = ("resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
            "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "efficientnet_b1",
            "regnet_y_400mf", "regnet_x_800mf", "densenet121", "googlenet", "squeezenet1_1")
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
            "noise_within10": noise, "measured_ms": {"pass1": first, "pass2": second, "truth": truth}, "rows": rows,
            "adapt_reports": [r for r, _, _ in runs]}
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+        atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
     if args.plot:
         _plot(rows, truth, args.plot, f"{args.backend}: adapt on {describe(fp).split(';')[0]}")
     return 0

@@ -19,12 +19,12 @@ import argparse
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.benchmarks.adapt_accuracy import _measure_pass, _models, _plot, _row, _within10
+from hwnas.files import atomic_write
 
 
 def _predictors(backend: str, extra: list[str]) -> list[Any]:
@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.backend}, {len(models)} held-out torchvision models at 224 px, measured on: {describe(fp)}\n")
     print(_table(rows, noise))
     if args.json:
-        Path(args.json).write_text(json.dumps({"backend": args.backend, "machine": describe(fp), "fingerprint": fp,
-                                               "models": list(models), "noise_within10": noise,
-                                               "measured_ms": {"pass1": first, "pass2": second, "truth": truth},
-                                               "rows": rows}, indent=1))
+        atomic_write(args.json, json.dumps({"backend": args.backend, "machine": describe(fp), "fingerprint": fp,
+                                            "models": list(models), "noise_within10": noise,
+                                            "measured_ms": {"pass1": first, "pass2": second, "truth": truth},
+                                            "rows": rows}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
         _plot(rows, truth, args.plot, f"{args.backend}, {len(models)} held-out models, on {fp.get('cpu_model')} "

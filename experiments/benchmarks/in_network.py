@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from experiments._cli import fail
+from hwnas.files import atomic_write
 
 METHODS = ("shipped", "oracle", "derived", "derived_no_layout", "absorbed")
 LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "derived": "in-net, derived rules",
@@ -49,13 +50,12 @@ LABELS = {"shipped": "shipped predictor", "oracle": "in-net, ORT kernels", "deri
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    import gzip
+    """The records of ``path``, or of ``path.gz`` when only the compressed copy is there."""
+    from hwnas.files import read_jsonl
 
     for p in (path, Path(str(path) + ".gz")):
         if p.is_file():
-            opener = gzip.open if p.suffix == ".gz" else open
-            with opener(p, "rt") as f:
-                return [json.loads(line) for line in f if line.strip()]
+            return read_jsonl(p, what="a trace record")
     raise FileNotFoundError(f"no store {path} (or .gz)")
 
 
@@ -377,13 +377,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         keep = ("model", "family", "side", "measured_ms", "noise", "layout_exact", *METHODS, "cv", "raw_cv",
                 "flops_lofo", "op_lookup", "fallbacks")
-        Path(args.json).write_text(json.dumps({
+        atomic_write(args.json, json.dumps({
             "machine": dev, "traced_on": traced_on, "block": block, "predictor": predictor.name, "passes": passes,
             "summary": summary, "rules_cut_at": ["-".join(p) for p in pairs], **extra,
             "rows": [{k: r[k] for k in keep if k in r} for r in rows]}, indent=1))
         print(f"json: {args.json}")
     if args.accuracy_json:
-        Path(args.accuracy_json).write_text(json.dumps({
+        atomic_write(args.accuracy_json, json.dumps({
             "machine": dev, "traced_on": traced_on, "predictor_compared": predictor.name, "passes": passes,
             "method": "in-network labels (experiments/benchmarks/in_network.py), conversions absorbed",
             "summary": accuracy_summary(summary)}, indent=1))

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.files import atomic_write
+
 
 def _subset(every: int) -> list[Any]:
     from hwnas.builder import zoo
@@ -61,36 +63,32 @@ def _profile(args: argparse.Namespace, models: list[Any], rules: Any, path: Path
     from tqdm.auto import tqdm
 
     from hwnas.builder import profile_onnxruntime
+    from hwnas.files import append_jsonl, read_jsonl
 
-    done: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[r["model"]] = r
+    # a torn last line (a run killed mid-write) is dropped with a warning and cut, so the next record starts clean
+    done = {r["model"]: r for r in read_jsonl(path, repair=True, what="a profile record")}
     todo = [m for m in models if m.key not in done]
-    with path.open("a") as f:
-        for m in tqdm(todo, desc="profiling networks"):
-            try:
-                prof = profile_onnxruntime(m.build(), m.input_shape, rules, runs=args.runs, warmup=5)
-            except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
-                print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-                continue
-            r = {"model": m.key, "family": m.family, **prof.to_dict()}
-            f.write(json.dumps(r) + "\n")
-            f.flush()
-            done[m.key] = r
+    for m in tqdm(todo, desc="profiling networks"):
+        try:
+            prof = profile_onnxruntime(m.build(), m.input_shape, rules, runs=args.runs, warmup=5)
+        except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
+            print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        r = {"model": m.key, "family": m.family, **prof.to_dict()}
+        append_jsonl(path, r)
+        done[m.key] = r
     return done
 
 
 def _read_profiles(out: Path) -> dict[str, dict]:
     """The stored profiles (``profiles.jsonl``, or the ``.gz`` kept in the repository)."""
-    import gzip
+    from hwnas.files import read_jsonl
 
-    gz = out / "profiles.jsonl.gz"
-    text = gzip.open(gz, "rt").read() if gz.is_file() and not (out / "profiles.jsonl").is_file() else \
-        (out / "profiles.jsonl").read_text()
-    return {json.loads(l)["model"]: json.loads(l) for l in text.splitlines() if l.strip()}
+    plain = out / "profiles.jsonl"
+    path = plain if plain.is_file() else out / "profiles.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no profile store {plain} (or .gz)")
+    return {r["model"]: r for r in read_jsonl(path, what="a profile record")}
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:
@@ -248,9 +246,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{p} passes (truth: their median)\n")
     print(_table(summary))
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": dev, "predictor": predictor.name, "passes": p,
-                                               "summary": {k: v for k, v in summary.items() if k != "rows"},
-                                               "rows": summary["rows"]}, indent=1))
+        atomic_write(args.json, json.dumps({"machine": dev, "predictor": predictor.name, "passes": p,
+                                            "summary": {k: v for k, v in summary.items() if k != "rows"},
+                                            "rows": summary["rows"]}, indent=1))
         print(f"json: {args.json}")
     if args.plot:
         _plot(summary, args.plot, f"{predictor.name} on {dev}")

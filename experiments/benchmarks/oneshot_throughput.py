@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from experiments._cli import fail
+from hwnas.files import atomic_write
 
 SPOS_PLAIN_LIMIT = 1.15
 """Goal of issue 17: SPOS supernet step time at most this many times its plain path's."""
@@ -450,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        atomic_write(args.json, json.dumps(result, indent=2))
     ratios = result["spos_plain_ratios"]
     if "spos_step_over_plain" in ratios:
         mine, limit = ratios["spos_step_over_plain"], ratios["limit"]

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.builder import apply_calibration, error_metrics, network_sums, select_calibration, zoo_measurements
+from hwnas.files import atomic_write
 
 COLUMNS = ("hwnas_raw", "hwnas_cal_cv", "hwnas_lofo", "flops_lofo", "op_lookup")
 SUMMARY_KEYS = {"raw_within10": "hwnas_raw", "cal_cv_within10": "hwnas_cal_cv", "lofo_within10": "hwnas_lofo",
@@ -330,9 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         _plot(rows, families, args.plot, f"{base.name}: {len(models)} networks")
     if args.json:
-        Path(args.json).write_text(json.dumps({"predictor": base.name, "device": dev, "passes": len(passes),
-                                               "summary": summary, "calibration_forms": report["candidates"],
-                                               "lofo": lofo_notes, "rows": rows}, indent=1))
+        atomic_write(args.json, json.dumps({"predictor": base.name, "device": dev, "passes": len(passes),
+                                            "summary": summary, "calibration_forms": report["candidates"],
+                                            "lofo": lofo_notes, "rows": rows}, indent=1))
         print(f"json: {args.json}")
 
 

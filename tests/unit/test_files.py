@@ -86,6 +86,19 @@ def test_jsonl_round_trip_and_missing_file(tmp_path):
     assert recs[0] == {"a": 1} and recs[1]["a"] != recs[1]["a"]
 
 
+def test_a_gzip_store_is_read_but_never_repaired(tmp_path):
+    import gzip
+
+    path = tmp_path / "r.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"a": 1}\n\n{"a": 2}\n'))
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(ValueError, match="cannot be repaired"):
+        read_jsonl(path, repair=True)
+    path.write_bytes(gzip.compress(b'{"a": 1}\nnot json\n'))
+    with pytest.raises(StoreError, match="line 2"):
+        read_jsonl(path)
+
+
 def test_a_torn_last_line_is_dropped_with_a_warning_and_repaired(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
