@@ -19,19 +19,26 @@ from typing import Any
 
 from hwnas.graph import OpGraph, OpNode
 
-#: ONNX Runtime (CPU, NCHWc) layout rules. ``conv``: a convolution runs blocked when its input is blocked (its
-#: channels padded up to the block) or has a multiple of the block channels, or has fewer than
-#: ``plain_input_below`` channels (then it reads a plain input: the first convolution reads the plain image); its
-#: output channels are padded up to the block. A grouped convolution runs blocked when it is depthwise over a
-#: multiple of the block, or when each group's input and output channels are multiples of the block. ``follow``: ops that run
-#: blocked when every tensor input is blocked (same shape for the binary ones). ``concat``: blocked when every input
-#: is blocked and has a channel count that is a multiple of the block. Every other op reads plain tensors.
+#: ONNX Runtime (CPU, NCHWc) layout rules, as ONNX Runtime 1.32's NCHWc transformer applies them (checked on its
+#: optimised graphs of small probe networks and of the zoo, with blocks of 8 and 16; tests/unit/test_layout.py).
+#: Channel counts are logical (a blocked tensor is padded up to the block; the padding is not counted).
+#:
+#: - ``conv``: a convolution with fewer input channels than the block reads the plain tensor itself (the first
+#:   convolution reads the image so) and writes a blocked one; otherwise it runs blocked when its input channels are
+#:   a multiple of ``channel_align`` (ONNX Runtime pads them up to the block), whatever the layout of its input (a
+#:   plain input gets a ``ReorderInput``), and plain otherwise. A depthwise convolution runs blocked when its
+#:   channels are a multiple of ``channel_align``; another grouped convolution when each group's input and output
+#:   channels are multiples of the block.
+#: - ``pool``: runs blocked when its input is blocked and its channels are a multiple of the block.
+#: - ``follow``: ops that run blocked when every tensor input is blocked (``same_shape`` ones: of one shape).
+#: - ``concat``: blocked when every input is blocked and has a multiple of the block channels.
+#: - Every other op reads plain tensors.
 ORT_NCHWC: dict[str, Any] = {
     "block": {"avx512": 16, "avx2": 8, "default": 4},
     "conv_ops": ["conv", "dwconv"],
-    "plain_input_below": 8,
-    "follow": ["relu", "relu6", "sigmoid", "hsigmoid", "hswish", "silu", "tanh", "maxpool", "avgpool",
-               "global_avgpool", "bn", "add"],
+    "channel_align": 4,
+    "pool": ["maxpool", "avgpool", "global_avgpool"],
+    "follow": ["relu", "relu6", "sigmoid", "hsigmoid", "hswish", "silu", "tanh", "bn", "add"],
     "same_shape": ["add"],
     "concat": ["concat"],
 }
@@ -53,17 +60,18 @@ def block_size(isa: str | None, rules: dict[str, Any] = ORT_NCHWC) -> int:
     return int(blocks.get((isa or "").lower(), blocks["default"]))
 
 
-def _conv_blocked(node: OpNode, block: int, rules: dict[str, Any], input_blocked: bool) -> tuple[bool, bool]:
+def _conv_blocked(node: OpNode, block: int, rules: dict[str, Any]) -> tuple[bool, bool]:
     """(runs blocked, reads its input plain) for a convolution."""
     a = node.attrs
     cin, cout, groups = int(a.get("cin", 0)), int(a.get("cout", 0)), int(a.get("groups", 1) or 1)
+    align = int(rules["channel_align"])
     if groups > 1:
         if groups == cin == cout:
-            return cout % block == 0, False
+            return cout % align == 0, False
         return (cin // groups) % block == 0 and (cout // groups) % block == 0, False
-    if cin < rules["plain_input_below"]:
+    if cin < block:
         return True, True
-    return input_blocked or cin % block == 0, False
+    return cin % align == 0, False
 
 
 def layout_conversions(graph: OpGraph, block: int, rules: dict[str, Any] = ORT_NCHWC) -> list[Conversion]:
@@ -74,13 +82,14 @@ def layout_conversions(graph: OpGraph, block: int, rules: dict[str, Any] = ORT_N
     blocked_reader: dict[str, bool] = {}     # plain tensor → read by a blocked convolution
     shapes: dict[str, tuple[int, ...]] = {}
     follow, same, concat = set(rules["follow"]), set(rules["same_shape"]), set(rules["concat"])
+    pool = set(rules["pool"])
     for node in graph.nodes:
         ins = [i for i in node.inputs if i in blocked]
         for i, s in zip(node.inputs, node.input_shapes):
             shapes.setdefault(i, tuple(s))
         shapes[node.name] = tuple(node.output_shape)
         if node.op in rules["conv_ops"]:
-            on, reads_plain = _conv_blocked(node, block, rules, bool(ins) and all(blocked[i] for i in ins))
+            on, reads_plain = _conv_blocked(node, block, rules)
             if on and not reads_plain:
                 for i in ins:
                     if not blocked[i]:
@@ -94,6 +103,8 @@ def layout_conversions(graph: OpGraph, block: int, rules: dict[str, Any] = ORT_N
         if node.op in follow and all_blocked and len(node.output_shape) == 4:
             if node.op in same and len({tuple(s) for s in node.input_shapes}) > 1:
                 all_blocked = False
+        elif node.op in pool and all_blocked and len(node.output_shape) == 4:
+            all_blocked = int(node.input_shapes[0][1]) % block == 0
         elif node.op in concat and all_blocked:
             all_blocked = all(len(s) == 4 and int(s[1]) % block == 0 for s in node.input_shapes)
         else:
