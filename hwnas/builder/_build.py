@@ -17,11 +17,12 @@ kernels one call each would otherwise charge that overhead once per kernel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch.nn as nn
 
@@ -56,14 +57,24 @@ def measure_in_context(backend: Any, module: nn.Module, input_shape: Sequence[in
     conv: isolated 3.84 ms, after a depthwise prefix 3.29 ms, after a dense 1x1 prefix 0.85 ms, after its real
     predecessor kernel 0.86 ms; torchscript-cpu, 1 thread).
     """
-    if len(input_shape) == 4:
+    timed = timed_modules(module, input_shape, in_context=True)
+    return _net_parts([backend.measure(m, input_shape, protocol) for m in timed], prefixed=len(input_shape) == 4)
+
+
+def timed_modules(module: nn.Module, input_shape: Sequence[int], in_context: bool = True) -> list[nn.Module]:
+    """The two modules whose latency difference is a kernel's: ``[P → K, P]`` in context for a 4-d input (``P``
+    a fresh dense 1x1 convolution, see :func:`measure_in_context`), else ``[K, a module returning its input]``."""
+    if in_context and len(input_shape) == 4:
         pre = _prefix(input_shape)
-        with_k = backend.measure(nn.Sequential(pre, module).eval(), input_shape, protocol)
-        alone = backend.measure(pre, input_shape, protocol)
-        return {"ms": with_k.ms - alone.ms, "with_prefix_ms": with_k.ms, "prefix_ms": alone.ms}
-    m = backend.measure(module, input_shape, protocol)
-    o = backend.measure(_Passthrough(), input_shape, protocol)
-    return {"ms": m.ms - o.ms, "isolated_ms": m.ms, "overhead_ms": o.ms}
+        return [nn.Sequential(pre, module).eval(), pre]
+    return [module, _Passthrough()]
+
+
+def _net_parts(measured: Sequence[Any], prefixed: bool) -> dict[str, float]:
+    """``ms`` (the first module minus the second, ms) and the two parts, named as the store keeps them."""
+    a, b = (float(m.ms) for m in measured)
+    names = ("with_prefix_ms", "prefix_ms") if prefixed else ("isolated_ms", "overhead_ms")
+    return {"ms": a - b, names[0]: a, names[1]: b}
 
 
 def build_fusion_rules(cfg: BuildConfig, progress: bool) -> FusionRules:
@@ -121,7 +132,6 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
     from tqdm.auto import tqdm
 
     from hwnas.builder._backends import get_backend, release_memory
-    from hwnas.builder._kernel_modules import kernel_module
     from hwnas.builder._sampler import spec_key
     from hwnas.builder._store import open_store, round_robin, shard
 
@@ -135,51 +145,116 @@ def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress:
     shapes = sorted({tuple(s["ops"][0]["input_shapes"][0]) for s in todo if s["ops"][0]["input_shapes"]})
     deadline = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None
     done = failed = 0
-    with store:
+    pool = _compile_pool(cfg, backend) if todo else None
+    with store, pool or contextlib.nullcontext():
         for shape in shapes:
             key = f"overhead:{list(shape)}"
             if key not in store:
                 store.append(key, backend.measure(_Passthrough(), shape, cfg.protocol), raw=False, kind="overhead",
                              input_shape=list(shape))
-        bar = tqdm(todo, desc=f"measuring kernels on {cfg.backend}", disable=not progress)
-        for spec in bar:
+        bar = tqdm(total=len(todo), desc=f"measuring kernels on {cfg.backend}", disable=not progress)
+        for spec, module, timed in _kernels(todo, cfg, pool):
+            bar.update()
             if deadline is not None and time.monotonic() > deadline:
                 bar.write(f"time budget of {cfg.time_budget_min} min reached; resume to measure the rest")
                 break
-            module = kernel_module(spec)
             fields = {"kind": "kernel", "spec": {k: spec[k] for k in ("type", "ops")},
                       "families": spec.get("families", [])}
             if spec.get("parent_families"):
                 fields["parent_families"] = spec["parent_families"]
             try:
-                parts = _measure_kernel(backend, module, cfg)
+                parts = _measure_kernel(backend, module, cfg, timed)
             except Exception as e:  # noqa: BLE001 - one unmeasurable kernel must not end a two-hour build
                 failed += 1
                 store.append(spec_key(spec), ms=-1.0, protocol=cfg.protocol, method="failed",
                              error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", **fields)
                 continue
             finally:
-                del module
+                del module, timed
                 release_memory(backend)
             method = parts.pop("method")
+            if pool is not None:   # how many of its timed modules a worker compiled (0-2; 0: all compiled here)
+                fields["compiled_in_worker"] = parts.pop("compiled_in_worker")
             store.append(spec_key(spec), ms=parts.pop("ms"), protocol=cfg.protocol, method=method, parts=parts,
                          **fields)
             done += 1
+        bar.close()
     if failed:
         print(f"{failed} kernels could not be measured on {cfg.backend}; see records with method 'failed'")
+    if pool is not None and progress:
+        print(f"{pool.compiled} modules compiled by {pool.workers} worker processes, {pool.fallbacks} here")
     return done
 
 
-def _measure_kernel(backend: Any, module: nn.Module, cfg: BuildConfig) -> dict[str, Any]:
-    """In-context timing when configured and possible; isolated timing (minus the call overhead) otherwise."""
+def _compile_pool(cfg: BuildConfig, backend: Any) -> Any:
+    """The worker pool of ``cfg.compile_workers`` (``None``: compile serially, in this process)."""
+    from hwnas.builder._compile_pool import CompilePool, resolve_workers
+
+    workers = resolve_workers(cfg.compile_workers)
+    if workers == 0:
+        return None
+    if not str(getattr(backend, "name", "")).startswith("torchscript-"):
+        raise ValueError(f"compile_workers is for the TorchScript backends (torchscript-cpu, torchscript-cuda); "
+                         f"{getattr(backend, 'name', backend)!r} compiles in the process that times")
+    return CompilePool(workers, device=str(getattr(backend, "device", "cpu")))
+
+
+def _kernels(todo: Sequence[dict[str, Any]], cfg: BuildConfig, pool: Any) -> Iterator[tuple[Any, ...]]:
+    """``(spec, module, timed)`` per spec, lazily: ``timed`` is ``None`` (compile serially) or the timed modules
+    (:func:`timed_modules`) with what the pool compiled for each."""
+    from hwnas.builder._kernel_modules import kernel_module
+
+    if pool is None:
+        for spec in todo:
+            yield spec, kernel_module(spec), None
+        return
+
+    def jobs() -> Iterator[tuple[Any, list[nn.Module], tuple[int, ...]]]:
+        for spec in todo:
+            module = kernel_module(spec)
+            yield (spec, module), timed_modules(module, module.input_shape, cfg.in_context), module.input_shape
+
+    for (spec, module), timed in pool.stream(jobs()):
+        yield spec, module, timed
+
+
+def _measure_kernel(backend: Any, module: nn.Module, cfg: BuildConfig,
+                    timed: Sequence[tuple[nn.Module, Any]] | None = None) -> dict[str, Any]:
+    """In-context timing when configured and possible; isolated timing (minus the call overhead) otherwise.
+
+    ``timed``: the modules of :func:`timed_modules` (for ``cfg.in_context``), each with its frozen module compiled
+    by a worker (or ``None``); the result then also says how many of them were measured from a worker's compile
+    (``compiled_in_worker``). A worker's module that fails to measure is compiled again here."""
+    shape = module.input_shape
     if cfg.in_context:
         try:
-            return {**measure_in_context(backend, module, module.input_shape, cfg.protocol), "method": "in_context"}
+            if timed is None:
+                return {**measure_in_context(backend, module, shape, cfg.protocol), "method": "in_context"}
+            measured, used = _measure_timed(backend, timed, shape, cfg.protocol)
+            return {**_net_parts(measured, len(shape) == 4), "method": "in_context", "compiled_in_worker": used}
         except Exception:  # noqa: BLE001 - e.g. an op the prefix's layout does not support: time it alone
             pass
-    m = backend.measure(module, module.input_shape, cfg.protocol)
-    o = backend.measure(_Passthrough(), module.input_shape, cfg.protocol)
-    return {"ms": m.ms - o.ms, "isolated_ms": m.ms, "overhead_ms": o.ms, "method": "isolated"}
+    pair = timed if timed is not None and not cfg.in_context else [(module, None), (_Passthrough(), None)]
+    measured, used = _measure_timed(backend, pair, shape, cfg.protocol)
+    out = {**_net_parts(measured, prefixed=False), "method": "isolated"}
+    return out if timed is None else {**out, "compiled_in_worker": used}
+
+
+def _measure_timed(backend: Any, timed: Sequence[tuple[nn.Module, Any]], shape: Sequence[int],
+                   protocol: MeasureProtocol) -> tuple[list[Any], int]:
+    """Measure each module, from its worker-compiled version when there is one and it runs (else compiled here);
+    returns the measurements and how many came from a worker's compile."""
+    measured, used = [], 0
+    for module, compiled in timed:
+        if compiled is not None:
+            try:
+                measured.append(backend.measure(compiled, shape, protocol))
+                used += 1
+                continue
+            except Exception:  # noqa: BLE001 - the serial compile below raises the real error, if any
+                pass
+        measured.append(backend.measure(module, shape, protocol))
+    return measured, used
 
 
 def build(cfg: BuildConfig, progress: bool = True) -> Path:

@@ -23,7 +23,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
                       time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
-                      space_archs=args.space_archs, register=not args.no_register)
+                      space_archs=args.space_archs, register=not args.no_register,
+                      compile_workers=args.compile_workers)
     if args.op_level:   # the op-lookup baseline: every op its own kernel, timed alone
         cfg.fusion_rules, cfg.in_context, cfg.register = [], False, False
     if args.op_level or args.no_calibrate:
@@ -116,6 +117,10 @@ def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Calla
     p.add_argument("--shard", default=None, metavar="I/N", help="measure only shard I of N (0-based)")
     p.add_argument("--merge", action="store_true", help="join the kernels.*-of-N.jsonl shards in OUT/raw")
     p.add_argument("--fit-only", action="store_true", help="refit from the raw measurements, measure nothing")
+    p.add_argument("--compile-workers", type=int, default=0, metavar="N",
+                   help="trace and freeze kernels ahead in N worker processes; this one finishes and times them one "
+                        "at a time (TorchScript backends; -1: the usable cores minus one; default 0: compile each "
+                        "kernel right before timing it)")
     p.add_argument("--jitter", type=int, default=1, help="perturbed neighbours per prior kernel")
     p.add_argument("--space-archs", type=int, default=6, help="random subnets per search space in the prior")
     p.add_argument("--adaptive-rounds", type=int, default=1,

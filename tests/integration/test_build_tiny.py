@@ -114,11 +114,11 @@ def test_an_unmeasurable_kernel_is_recorded_and_skipped_not_fatal(tmp_path, monk
     real = build_mod._measure_kernel
     calls = {"n": 0}
 
-    def flaky(backend, module, c):
+    def flaky(backend, module, c, *rest):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("backend cannot run this kernel")
-        return real(backend, module, c)
+        return real(backend, module, c, *rest)
 
     monkeypatch.setattr(build_mod, "_measure_kernel", flaky)
     assert measure_kernels(cfg, specs, progress=False) == len(specs) - 1
