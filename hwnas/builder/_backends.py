@@ -220,22 +220,23 @@ def time_callable(fn: Callable[[], Any], protocol: MeasureProtocol
     runs_ms : tuple of tuple of float
         Run times (ms) per block.
     """
+    warm = timed_block(fn, protocol.warmup)
+    with _gc_paused():
+        blocks = [timed_block(fn, protocol.runs_per_block) for _ in range(protocol.blocks)]
+    return warm, tuple(blocks)
+
+
+def timed_block(fn: Callable[[], Any], runs: int, before: Callable[[], Any] | None = None) -> tuple[float, ...]:
+    """Times (ms) of ``runs`` calls of ``fn``, each preceded by an untimed call of ``before`` when given."""
     clock = time.perf_counter_ns
-    warm = []
-    for _ in range(protocol.warmup):
+    times = []
+    for _ in range(runs):
+        if before is not None:
+            before()
         t0 = clock()
         fn()
-        warm.append((clock() - t0) / 1e6)
-    blocks = []
-    with _gc_paused():
-        for _ in range(protocol.blocks):
-            times = []
-            for _ in range(protocol.runs_per_block):
-                t0 = clock()
-                fn()
-                times.append((clock() - t0) / 1e6)
-            blocks.append(tuple(times))
-    return tuple(warm), tuple(blocks)
+        times.append((clock() - t0) / 1e6)
+    return tuple(times)
 
 
 def _measure(backend: Any, model: Any, input_shape: Sequence[int],

@@ -16,12 +16,12 @@ backends are supported: the flush works on host memory.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwnas.builder._backends import (OnnxRuntimeCPU, TorchScriptCPU, _gc_paused, check_input_shape, get_backend)
+from hwnas.builder._backends import (OnnxRuntimeCPU, TorchScriptCPU, _gc_paused, check_input_shape, get_backend,
+                                     timed_block)
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol
 from hwnas.errors import HwnasError
 
@@ -158,27 +158,18 @@ def measure_cold(model: Any, backend: Any = "onnxruntime-cpu", input_shape: Sequ
     cache = int(cache_bytes) if cache_bytes is not None else last_level_cache_bytes()
     flush = CacheFlush(int(factor * cache))
     run, touch, in_bytes = _parts(be, model, shape, protocol.threads)
-    clock = time.perf_counter_ns
+    def flush_and_reread() -> None:
+        flush()
+        touch()
+
     hot, cold = [], []
     with be.runtime(protocol.threads):
         for _ in range(protocol.warmup):
             run()
         with _gc_paused():
             for _ in range(protocol.blocks):
-                times = []
-                for _ in range(protocol.runs_per_block):
-                    t0 = clock()
-                    run()
-                    times.append((clock() - t0) / 1e6)
-                hot.append(tuple(times))
-                times = []
-                for _ in range(protocol.runs_per_block):
-                    flush()
-                    touch()
-                    t0 = clock()
-                    run()
-                    times.append((clock() - t0) / 1e6)
-                cold.append(tuple(times))
+                hot.append(timed_block(run, protocol.runs_per_block))
+                cold.append(timed_block(run, protocol.runs_per_block, before=flush_and_reread))
     return ColdMeasurement(ms=protocol.aggregate(cold), hot_ms=protocol.aggregate(hot), runs_ms=tuple(cold),
                            hot_runs_ms=tuple(hot), flush_bytes=flush.nbytes, cache_bytes=cache,
                            weight_bytes=weight_bytes(model), input_bytes=in_bytes, backend=be.name,
