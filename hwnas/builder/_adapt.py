@@ -270,7 +270,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
         Too few measurements within the budget to fit anything (rerun to resume, or give more time).
     """
     from hwnas.builder._backends import get_backend
-    from hwnas.builder._build import _Passthrough
+    from hwnas.builder._kernel_modules import _Passthrough
     from hwnas.builder._config import default_name, utc_now
     from hwnas.builder._fit import error_metrics
     from hwnas.builder._kernel_modules import spec_nodes

@@ -27,19 +27,10 @@ from typing import Any, Iterator, Sequence
 import torch.nn as nn
 
 from hwnas.builder._config import BuildConfig
+from hwnas.builder._kernel_modules import _Passthrough, _prefix
 from hwnas.builder._protocol import MeasureProtocol
 from hwnas.files import atomic_write
 from hwnas.kernels import FusionRules
-
-
-class _Passthrough(nn.Module):
-    def forward(self, x):
-        return x.clone()
-
-
-def _prefix(shape: Sequence[int]) -> nn.Module:
-    c = int(shape[1])
-    return nn.Conv2d(c, c, 1, bias=False).eval()
 
 
 def measure_in_context(backend: Any, module: nn.Module, input_shape: Sequence[int],

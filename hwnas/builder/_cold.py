@@ -191,7 +191,7 @@ def measure_cold_in_context(model: Any, backend: Any = "onnxruntime-cpu",
     """
     import torch.nn as nn
 
-    from hwnas.builder._build import _Passthrough, _prefix
+    from hwnas.builder._kernel_modules import _Passthrough, _prefix
 
     shape = check_input_shape(input_shape)
     if len(shape) == 4:

@@ -3,7 +3,8 @@
 Used by :func:`hwnas.builder._build.measure_kernels` when ``BuildConfig.compile_workers`` is not 0, for the
 TorchScript backends (``torchscript-cpu``, ``torchscript-cuda``). Each kernel is timed as two modules (in context:
 the kernel after a 1x1 convolution prefix, and the prefix alone; see :func:`hwnas.builder._build.timed_modules`).
-The main process builds them, ``torch.save``s them to bytes and hands them to a pool of worker processes
+The main process describes each as data (:func:`module_recipe`: its kind and ops) with its state dict of tensors,
+and hands them to a pool of worker processes
 (``concurrent.futures.ProcessPoolExecutor``, spawn context, one intra-op thread each, CUDA never initialised
 there), which run the device-independent part of the backends' compile on the CPU, exactly as the backend would:
 ``torch.jit.trace(model, x, check_trace=False)`` on the backend's fixed example input, then ``torch.jit.freeze``,
@@ -21,7 +22,9 @@ Timing stays serial, in the main process, and never runs while anything compiles
   (they use CPU cores only).
 
 At most ``prefetch`` kernels (default: 2 per worker) are built, compiled and waiting at any time, so memory stays
-bounded. A module falls back to the ordinary serial compile in the main process when it cannot be pickled, when
+bounded. Workers rebuild modules from that data and load the tensors with ``weights_only=True``: nothing they
+receive is unpickled code. A module falls back to the ordinary serial compile in the main process when it is not
+one of the kinds a build times, when
 its worker failed (the serial compile then raises the same error, recorded as before), when the trace baked a
 constant of another device into the graph (a factory op's ``device=cpu``), when the loaded module cannot be
 measured, or, for the rest of the build, when the pool broke (a worker was killed).
@@ -31,8 +34,9 @@ at 32 px, quick protocol; ``experiments/benchmarks/compile_workers.py``): measur
 24.2 s with 2 workers (x0.82), the same kernels and methods, every timed module from a worker. On the CPU the
 workers must idle while the main process times, and trace and freeze are only 44% of a module's serial work at
 32 px (for 240 modules: trace 1.52 s, freeze 0.21 s; ``optimize_for_inference`` 0.72 s and the timing 1.46 s stay
-in the main process, which adds 0.5 s of pickling and ``torch.jit.load``; the workers' start costs seconds). CPU
-builds therefore keep the default (serial); the workers are meant for the GPU, where compiling overlaps timing.
+in the main process, which added 0.5 s of pickling and ``torch.jit.load`` when whole modules were pickled to the
+workers; the workers' start costs seconds). CPU builds therefore keep the default (serial); the workers are meant
+for the GPU, where compiling overlaps timing.
 """
 
 from __future__ import annotations
@@ -80,18 +84,60 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def trace_freeze_to_bytes(blob: bytes, input_shape: Sequence[int]) -> bytes:
-    """The worker's job: trace and freeze a ``torch.save``d module on the CPU as the TorchScript backends do
-    (eval mode, no grad, the backends' example input) and return it as ``torch.jit.save`` bytes."""
+def module_recipe(module: Any) -> dict[str, Any] | None:
+    """How a worker rebuilds one of the modules a build times, as plain data: a kernel module (its ops), the
+    1x1 prefix, the prefix followed by a kernel, or the pass-through; ``None`` for any other module (the caller
+    compiles it serially). The weights travel apart, as a state dict of tensors."""
+    import torch.nn as nn
+
+    from hwnas.builder._kernel_modules import KernelModule, _Passthrough
+
+    if isinstance(module, KernelModule):
+        return {"kind": "kernel", "nodes": module.node_dicts, "seed": module.seed}
+    if isinstance(module, _Passthrough):
+        return {"kind": "passthrough"}
+    if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.bias is None
+            and module.in_channels == module.out_channels and module.groups == 1):
+        return {"kind": "prefix", "channels": int(module.in_channels)}
+    if isinstance(module, nn.Sequential):
+        parts = [module_recipe(m) for m in module]
+        return None if any(p is None for p in parts) else {"kind": "sequential", "parts": parts}
+    return None
+
+
+def build_from_recipe(recipe: dict[str, Any]) -> Any:
+    """The module :func:`module_recipe` describes (weights as initialised; load the state dict next)."""
+    import torch.nn as nn
+
+    from hwnas.builder._kernel_modules import KernelModule, _Passthrough, _prefix
+    from hwnas.graph import OpNode
+
+    kind = recipe["kind"]
+    if kind == "kernel":
+        return KernelModule([OpNode.from_dict(d) for d in recipe["nodes"]], recipe["seed"]).eval()
+    if kind == "passthrough":
+        return _Passthrough()
+    if kind == "prefix":
+        return _prefix((1, recipe["channels"], 1, 1))
+    if kind == "sequential":
+        return nn.Sequential(*(build_from_recipe(r) for r in recipe["parts"])).eval()
+    raise ValueError(f"unknown module recipe kind {kind!r}")
+
+
+def trace_freeze_to_bytes(recipe: dict[str, Any], state: bytes, input_shape: Sequence[int]) -> bytes:
+    """The worker's job: rebuild a module from its recipe and state dict (tensors only, loaded with
+    ``weights_only=True``: nothing is unpickled that could run code), trace and freeze it on the CPU as the
+    TorchScript backends do (eval mode, no grad, the backends' example input) and return it as
+    ``torch.jit.save`` bytes."""
     import torch
 
     from hwnas.builder._backends import TorchScriptCPU, _eval_mode, _example_input, quiet_deprecations
 
-    model = torch.load(io.BytesIO(blob), weights_only=False)   # bytes this package wrote, in this session
+    model = build_from_recipe(recipe)
+    model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
     x = _example_input(tuple(int(d) for d in input_shape))
     with quiet_deprecations(), torch.no_grad(), _eval_mode(model):
-        scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, x, check_trace=False)
-        frozen = torch.jit.freeze(scripted) if hasattr(scripted, "training") else scripted
+        frozen = torch.jit.freeze(torch.jit.trace(model, x, check_trace=False))
         out = io.BytesIO()
         torch.jit.save(frozen, out)
     TorchScriptCPU.release()   # traces register classes process-wide: drop them, as the builder does between kernels
@@ -172,13 +218,13 @@ class CompilePool:
 
         if self._pool is None:
             return None
-        buf = io.BytesIO()
-        try:
-            torch.save(module, buf)
-        except Exception:  # noqa: BLE001 - e.g. a class defined in a function cannot be pickled: compile it here
+        recipe = module_recipe(module)
+        if recipe is None:   # not a module a build times (or a ScriptModule): compile it here
             return None
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)
         try:
-            return self._pool.submit(trace_freeze_to_bytes, buf.getvalue(), tuple(shape))
+            return self._pool.submit(trace_freeze_to_bytes, recipe, buf.getvalue(), tuple(shape))
         except (cf.BrokenExecutor, RuntimeError):   # a worker died: the rest compiles serially
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

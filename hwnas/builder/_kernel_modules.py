@@ -166,10 +166,13 @@ class _Op(nn.Module):
 
 
 class KernelModule(nn.Module):
-    """A kernel as a module: its ops applied in order to one input tensor."""
+    """A kernel as a module: its ops applied in order to one input tensor. ``node_dicts`` keeps the ops as plain
+    data, so the module can be rebuilt elsewhere (a compile worker) from data and a state dict, never a pickle."""
 
     def __init__(self, nodes: Sequence[OpNode], seed: int = 0):
         super().__init__()
+        self.node_dicts = [n.to_dict() for n in nodes]
+        self.seed = int(seed)
         g = torch.Generator().manual_seed(seed)
         ops = []
         internal: set[str] = set()
@@ -187,6 +190,19 @@ class KernelModule(nn.Module):
         for op in self.ops:
             x = op(x)
         return x
+
+
+class _Passthrough(nn.Module):
+    """The second module of a kernel timed alone: returns (a copy of) its input, the per-call overhead."""
+
+    def forward(self, x):
+        return x.clone()
+
+
+def _prefix(shape: Sequence[int]) -> nn.Module:
+    """The dense 1x1 convolution a kernel is timed after, in context (see ``_build.measure_in_context``)."""
+    c = int(shape[1])
+    return nn.Conv2d(c, c, 1, bias=False).eval()
 
 
 def kernel_module(kernel: Kernel | Sequence[OpNode] | dict[str, Any], seed: int = 0) -> KernelModule:

@@ -112,7 +112,7 @@ class Untraceable(nn.Module):
 
 @pytest.mark.slow
 def test_a_module_the_worker_cannot_compile_or_receive_falls_back_to_the_serial_compile():
-    class Local(nn.Module):   # defined in a function: it cannot be pickled to a worker
+    class Local(nn.Module):   # not a kind of module a build times: no recipe, never sent to a worker
         def forward(self, x):
             return x.relu()
 
