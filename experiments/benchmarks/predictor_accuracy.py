@@ -11,7 +11,8 @@ is the median of its passes. Prints one table per family, all columns from the s
 - **hwnas cal (CV)**: with the kernel-type calibration, each network predicted by a calibration fitted on the
   other four fifths of the networks (5-fold cross-validation, so no network scores itself);
 - **hwnas LOFO**: leave one family out: kernel regressors refitted without the kernels only that family brought
-  into the prior (neighbours of its kernels included) and the calibration fitted without its networks;
+  into the prior (neighbours of its kernels included) and the calibration fitted without its networks (for an
+  adapted predictor, whose kernels were fitted on no zoo network of this machine, the calibration only);
 - **FLOPs**: latency = a * MACs + b fitted on the other families;
 - **op-lookup**: the sum of per-operator latencies, every operator timed alone, no fusion;
 - **raw/meas**: the median of the uncalibrated kernel sum over the measured latency, and **tau**: Kendall's tau
@@ -286,7 +287,18 @@ def main(argv: list[str] | None = None) -> None:
         r.update(hwnas_raw=apply_calibration(None, s) + ov, hwnas_cal_cv=float(c) + ov, flops_lofo=float(fl))
 
     lofo_notes: dict[str, Any] = {}
-    if not args.no_lofo:
+    if not args.no_lofo and "transfer" in base.metadata:
+        # an adapted predictor's kernels were fitted on another machine and moved here on probe networks: no zoo
+        # network of this machine went into them, so holding a family out refits the calibration only
+        lofo_notes["mode"] = "calibration refitted without the family (adapted kernels, fitted on no zoo network)"
+        print("leave-one-family-out: " + lofo_notes["mode"])
+        for f in families:
+            tr = np.flatnonzero(fam != f)
+            cal, _ = select_calibration([sums[i] for i in tr], y[tr] - ov, ov)
+            for i in np.flatnonzero(fam == f):
+                rows[i]["hwnas_lofo"] = apply_calibration(cal, sums[i]) + ov
+    elif not args.no_lofo:
+        lofo_notes["mode"] = "kernels and calibration refitted without the family"
         krows, _ = kernel_rows(build / "raw")
         parents, how = _parents(build, krows)
         lofo_notes["neighbour_sources"] = how

@@ -16,7 +16,7 @@ Public API (everything else is private machinery and may change):
 - :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
   transferred from an installed one (``hwnas adapt``); :func:`probe_networks` — the networks it measures.
 - :func:`measure_zoo` — time the zoo networks end to end into a resumable store (one pass per call);
-  :func:`zoo` — those networks; :func:`zoo_measurements` — one pass of such a store;
+  :func:`zoo` — those networks; :func:`zoo_measurements` — one pass of such a store, or the median of its passes;
 - :func:`profile_onnxruntime`, :class:`NetworkProfile` — each kernel's time inside a network, from ONNX Runtime's
   per-node profile; :func:`trace_onnxruntime`, :class:`NodeTrace` — the raw per-node record behind it (kept, so
   labels can be derived again under other rules: :func:`profile_from_trace`; :func:`ort_kernel_groups` — the
@@ -35,8 +35,9 @@ Public API (everything else is private machinery and may change):
   :func:`kernel_rows` (a build's measured kernels as fit rows), :func:`fit_regressors` (one regressor per kernel
   type; none below :data:`MIN_FIT_SAMPLES` measurements), :func:`error_metrics` (shares within ±5% and ±10%, RMSE, RMSPE);
   :func:`network_sums` (a network's kernel sums per type), :func:`select_calibration` (the calibration a build
-  keeps) and :func:`apply_calibration` (a calibrated network latency, ms); :func:`zoo_store_path` (where a build
-  keeps its zoo measurements).
+  keeps) and :func:`apply_calibration` (a calibrated network latency, ms); :func:`calibrate_build` (fit a build's
+  calibration on its zoo store, one pass or the median of all, into its predictor); :func:`zoo_store_path`
+  (where a build keeps its zoo measurements).
 - :func:`open_store`, :func:`shard`, :func:`merge`, :func:`item_key` — the resumable measurement store.
 - :func:`register_commands` — adds ``hwnas build``, ``hwnas adapt`` and the other builder subcommands to the
   ``hwnas`` parser.
@@ -98,6 +99,7 @@ _LAZY = {
     "network_sums": "hwnas.builder._calibrate",
     "select_calibration": "hwnas.builder._calibrate",
     "apply_calibration": "hwnas.builder._calibrate",
+    "calibrate_build": "hwnas.builder._calibrate",
     "zoo_store_path": "hwnas.builder._zoo",
     "measure_zoo": "hwnas.builder._zoo",
     "zoo": "hwnas.builder._zoo",

@@ -177,15 +177,27 @@ def select_calibration(nets: Sequence[Mapping[str, Mapping[str, float]]], measur
     return cal, {"candidates": rows, "cv_predictions": cv}
 
 
-def zoo_measurements(store_path: Any, pass_id: int = 0) -> dict[str, dict[str, Any]]:
-    """Successful end-to-end measurements of one pass of a zoo store: model key → record."""
+def zoo_measurements(store_path: Any, pass_id: int | None = 0) -> dict[str, dict[str, Any]]:
+    """Successful end-to-end measurements of a zoo store: model key → record.
+
+    With a ``pass_id``, that pass's records. With ``None``, the truth over every pass: each network's record of
+    its first pass, with ``ms`` replaced by the median of its passes (ms) and ``passes`` the number of them."""
     from hwnas.builder._store import read_records
 
-    out = {}
+    by_pass: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in read_records(store_path):
-        if r.get("type") == "measurement" and r.get("kind") == "zoo" and r.get("pass_id") == pass_id \
-                and float(r.get("ms", -1)) > 0:
-            out.setdefault(r["model"], r)
+        if r.get("type") == "measurement" and r.get("kind") == "zoo" and float(r.get("ms", -1)) > 0 \
+                and (pass_id is None or r.get("pass_id") == pass_id):
+            by_pass.setdefault(r.get("pass_id"), {}).setdefault(r["model"], r)
+    if pass_id is not None:
+        return by_pass.get(pass_id, {})
+    out: dict[str, dict[str, Any]] = {}
+    for pid in sorted(by_pass, key=str):
+        for key, r in by_pass[pid].items():
+            out.setdefault(key, dict(r))
+    for key, r in out.items():
+        ms = [float(p[key]["ms"]) for p in by_pass.values() if key in p]
+        r.update(ms=float(np.median(ms)), passes=len(ms))
     return out
 
 
@@ -201,9 +213,12 @@ def network_sums(predictor: Any, kernel_lists: Sequence[Sequence[Any]]) -> list[
     return out
 
 
-def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progress: bool = True) -> dict[str, Any]:
+def calibrate_build(build_dir: Any, store: Any = None, pass_id: int | None = 0, progress: bool = True
+                    ) -> dict[str, Any]:
     """Fit the calibration of ``<build_dir>/predictor`` on the zoo networks measured in ``store`` (default
-    ``<build_dir>/raw/zoo.jsonl[.gz]``) and write it into the predictor; returns the calibration written."""
+    ``<build_dir>/raw/zoo.jsonl[.gz]``) and write it into the predictor; returns the calibration written.
+    ``pass_id``: the pass whose latencies are the truth, or ``None`` for the median of every pass
+    (:func:`zoo_measurements`)."""
     from pathlib import Path
 
     from hwnas.builder._fit import error_metrics
@@ -218,7 +233,8 @@ def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progres
     measured = zoo_measurements(store, pass_id)
     models = [m for m in zoo() if m.key in measured]
     if len(models) < 20:
-        raise ValueError(f"{store}: only {len(models)} measured zoo networks (pass {pass_id}); at least 20 needed")
+        which = "all passes" if pass_id is None else f"pass {pass_id}"
+        raise ValueError(f"{store}: only {len(models)} measured zoo networks ({which}); at least 20 needed")
     from tqdm.auto import tqdm
 
     kernels = [pred.kernels(m.build(), "torch", m.input_shape)
@@ -233,7 +249,8 @@ def calibrate_build(build_dir: Any, store: Any = None, pass_id: int = 0, progres
                   "weights and per million output elements); least squares on relative error, ridge towards "
                   "factor 1 and no extra cost; form chosen by 5-fold cross-validated RMSPE",
         "bounds": list(SCALE_BOUNDS), "min_networks": MIN_NETWORKS, "n_networks": len(models),
-        "families": sorted({m.family for m in models}), "store": store.name, "pass_id": pass_id,
+        "families": sorted({m.family for m in models}), "store": store.name,
+        "pass_id": "median of every pass" if pass_id is None else pass_id,
         "accuracy": {"uncalibrated": error_metrics(raw_pred + pred.overhead_ms, total),
                      "calibrated_5fold_cv": error_metrics(report["cv_predictions"], total),
                      "forms": report["candidates"]},
