@@ -287,30 +287,28 @@ def main(argv: list[str] | None = None) -> None:
         r.update(hwnas_raw=apply_calibration(None, s) + ov, hwnas_cal_cv=float(c) + ov, flops_lofo=float(fl))
 
     lofo_notes: dict[str, Any] = {}
-    if not args.no_lofo and "transfer" in base.metadata:
+    if not args.no_lofo:
         # an adapted predictor's kernels were fitted on another machine and moved here on probe networks: no zoo
         # network of this machine went into them, so holding a family out refits the calibration only
-        lofo_notes["mode"] = "calibration refitted without the family (adapted kernels, fitted on no zoo network)"
+        adapted = "transfer" in base.metadata
+        lofo_notes["mode"] = ("calibration refitted without the family (adapted kernels, fitted on no zoo network)"
+                              if adapted else "kernels and calibration refitted without the family")
         print("leave-one-family-out: " + lofo_notes["mode"])
-        for f in families:
-            tr = np.flatnonzero(fam != f)
-            cal, _ = select_calibration([sums[i] for i in tr], y[tr] - ov, ov)
-            for i in np.flatnonzero(fam == f):
-                rows[i]["hwnas_lofo"] = apply_calibration(cal, sums[i]) + ov
-    elif not args.no_lofo:
-        lofo_notes["mode"] = "kernels and calibration refitted without the family"
-        krows, _ = kernel_rows(build / "raw")
-        parents, how = _parents(build, krows)
-        lofo_notes["neighbour_sources"] = how
-        print("source family of the neighbour kernels: " + ", ".join(f"{k} {v}" for k, v in how.items()))
+        if not adapted:
+            krows, _ = kernel_rows(build / "raw")
+            parents, how = _parents(build, krows)
+            lofo_notes["neighbour_sources"] = how
+            print("source family of the neighbour kernels: " + ", ".join(f"{k} {v}" for k, v in how.items()))
         for f in tqdm(families, desc="leave-one-family-out refits"):
-            lp, kept = _lofo_predictor(base, krows, parents, f, base.backend)
-            s_all = network_sums(lp, kernels)
+            s_all = sums
+            if not adapted:
+                lp, kept = _lofo_predictor(base, krows, parents, f, base.backend)
+                s_all = network_sums(lp, kernels)
+                lofo_notes[f] = {"types_kept_from_family": kept}
             tr = np.flatnonzero(fam != f)
             cal, _ = select_calibration([s_all[i] for i in tr], y[tr] - ov, ov)
             for i in np.flatnonzero(fam == f):
                 rows[i]["hwnas_lofo"] = apply_calibration(cal, s_all[i]) + ov
-            lofo_notes[f] = {"types_kept_from_family": kept}
 
     if args.ops_build:
         from hwnas.errors import UnknownKernelError

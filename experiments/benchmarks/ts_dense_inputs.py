@@ -42,7 +42,8 @@ def _op(kind: str, c: int) -> Any:
             "avgpool": lambda: nn.AvgPool2d(2, 2)}[kind]()
 
 
-def _modules(c: int, kind: str | None) -> dict[str, Any]:
+def _module(c: int, kind: str | None, ctx: str) -> Any:
+    """``ctx`` ``"conv"``: ``1x1 conv -> op``; ``"cat"``: ``cat(1x1 conv, 1x1 conv) -> op`` (no op: ``kind`` None)."""
     import torch
     import torch.nn as nn
 
@@ -63,7 +64,7 @@ def _modules(c: int, kind: str | None) -> dict[str, Any]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.op(torch.cat([self.a(x), self.b(x)], 1))
 
-    return {"conv": Conv().eval(), "cat": Cat().eval()}
+    return {"conv": Conv, "cat": Cat}[ctx]().eval()
 
 
 def _time(fn: Callable[[], Any], runs: int, blocks: int) -> tuple[float, float]:
@@ -95,7 +96,7 @@ def measure(runs: int = 20, blocks: int = 5) -> list[dict[str, Any]]:
                 ts = {}
                 for name, k in (("with", kind), ("without", None)):
                     torch.manual_seed(0)
-                    m = _modules(c, k)[ctx]
+                    m = _module(c, k, ctx)
                     ts[name] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, x)))
                 w, w2 = _time(lambda: ts["with"](x), runs, blocks)
                 wo, wo2 = _time(lambda: ts["without"](x), runs, blocks)

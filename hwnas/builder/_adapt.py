@@ -270,10 +270,9 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
         Too few measurements within the budget to fit anything (rerun to resume, or give more time).
     """
     from hwnas.builder._backends import get_backend
-    from hwnas.builder._kernel_modules import _Passthrough
     from hwnas.builder._config import default_name, utc_now
     from hwnas.builder._fit import error_metrics
-    from hwnas.builder._kernel_modules import spec_nodes
+    from hwnas.builder._kernel_modules import _Passthrough, spec_nodes
     from hwnas.builder._sampler import spec_key
     from hwnas.builder._transfer import fit_transfer, similarity
     from hwnas.device import describe, fingerprint

@@ -4,11 +4,11 @@ plain tensor, a pool after a convolution reads the convolution's oneDNN tensor."
 import pytest
 import torch
 
-from experiments.benchmarks.ts_dense_inputs import _modules
+from experiments.benchmarks.ts_dense_inputs import _module
 
 
 def _pool_input_kind(ctx: str, kind: str = "maxpool_s1") -> str:
-    m = _modules(16, kind)[ctx]
+    m = _module(16, kind, ctx)
     x = torch.randn(1, 16, 8, 8)
     with torch.no_grad():
         ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, x)))
