@@ -415,10 +415,12 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
 
     from hwnas import __version__
     from hwnas.graph import capture
-    from hwnas.kernels import op_macs
+    from hwnas.kernels import op_macs, output_in_group
 
     batch = shape[0]
     slots = space_slots(space, shape)
+    layout = getattr(predictor, "layout", None)
+    in_group = False   # the network input is a plain tensor; each slot's input has its predecessor's layout
     fixed_slots: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     ends: list[dict[str, tuple[set[str], str | None, bool]]] = []   # per slot: choice -> (tails, head, empty)
@@ -428,10 +430,15 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
                   file=sys.stderr, flush=True)
         rows: dict[str, tuple[float, int, int]] = {}
         slot_ends = {}
+        out_layout: dict[str, bool] = {}
         for choice, module in slot.candidates.items():
             # Wrapped, so that a bare leaf module (nn.Identity) is captured as the op it is inside the network.
             graph = capture(nn.Sequential(module), "torch", slot.in_shape)
-            kernels = predictor.kernels(graph, "graph")
+            if layout is None:
+                kernels = predictor.kernels(graph, "graph")
+            else:
+                kernels = predictor.graph_kernels(graph, inputs_in_group=in_group)
+                out_layout[choice] = output_in_group(graph, layout, in_group)
             ms = float(predictor.kernel_latencies(kernels).sum())
             macs = sum(op_macs(node) for node in graph.nodes)
             if macs % batch:
@@ -439,6 +446,14 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
             rows[choice] = (ms, macs // batch, sum(p.numel() for p in module.parameters()))
             slot_ends[choice] = graph_ends(graph)
         ends.append(slot_ends)
+        if len(set(out_layout.values())) > 1:
+            which = {c: ("backend layout" if v else "plain") for c, v in out_layout.items()}
+            raise FusionBoundaryError(
+                f"predictor {predictor.name!r}: a per-block latency table would not be exact: the tensor after "
+                f"{slot.name} is in a layout that depends on its choice ({which}), so the next block's kernels "
+                "would depend on it (pairwise terms, which this table does not have); score whole subnets with "
+                "predictor.predict instead")
+        in_group = next(iter(out_layout.values()), in_group)
         if slot.label is None:
             ms, macs, params = rows["fixed"]
             fixed_slots.append({"name": slot.name, "latency_ms": ms, "macs": macs, "params": params})

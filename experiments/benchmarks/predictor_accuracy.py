@@ -123,6 +123,9 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, se
     regs, kernels, _, _ = fit_regressors(by_type, backend)
     meta = {k: v for k, v in base.metadata.items() if k not in ("kernels", "calibration", "accuracy")}
     meta["kernels"] = kernels
+    if meta.get("layout"):   # the layout variants refitted like the rest: the ones still fitted are the variants
+        suffix = meta["layout"].get("suffix", "@dense")
+        meta["layout"] = {**meta["layout"], "variants": sorted(t[:-len(suffix)] for t in regs if t.endswith(suffix))}
     return LatencyPredictor(meta, regs), kept_from_family
 
 
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     models = [m for m in zoo() if m.key in ref]
     families = sorted({m.family for m in models})
     graphs = [capture(m.build(), "torch", m.input_shape) for m in tqdm(models, desc="capturing networks")]
-    kernels = [detect_kernels(g, base.rules) for g in graphs]
+    kernels = [base.graph_kernels(g) for g in graphs]   # fusion and, where it has them, layout rules
     pass_ms = [[float(p[m.key]["ms"]) for p in passes if m.key in p] for m in models]
     y = np.array([float(np.median(v)) for v in pass_ms])
     ov = base.overhead_ms
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                               if adapted else "kernels and calibration refitted without the family")
         print("leave-one-family-out: " + lofo_notes["mode"])
         if not adapted:
-            krows, _ = kernel_rows(build / "raw")
+            krows = kernel_rows(build / "raw")[0] + kernel_rows(build / "raw", "layout_variants")[0]
             parents, how = _parents(build, krows)
             lofo_notes["neighbour_sources"] = how
             print("source family of the neighbour kernels: " + ", ".join(f"{k} {v}" for k, v in how.items()))

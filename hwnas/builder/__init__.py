@@ -26,6 +26,10 @@ Public API (everything else is private machinery and may change):
   :func:`block_size`, :data:`ORT_NCHWC` — the layout conversions ONNX Runtime's NCHWc pass inserts (rules as data); :func:`fit_transfer` — a per-kernel-type log-linear map from one set of kernel latencies to
   another (ms);
   :func:`features_for` — the feature names a kernel type's regressor is fitted on.
+- :func:`layout_variants` — ``hwnas build --layout-variants``: kernels that read a tensor outside the backend's
+  layout (:mod:`hwnas.kernels._layout`; a pool of a concat on ``torchscript-cpu``) measured on such an input and
+  added to a build's predictor as their own types; its stages :func:`variant_specs`, :func:`measure_variants`,
+  :func:`add_variants`.
 - :func:`measure_cold`, :class:`ColdMeasurement` — a model's latency with its weights out of cache and its input
   in cache (as inside a network whose weights exceed the cache), beside its back-to-back latency (ms);
   :func:`measure_cold_in_context` — the same for a kernel, timed after a 1x1 convolution as the builder times it.
@@ -120,6 +124,10 @@ _LAZY = {
     "Conversion": "hwnas.builder._layout",
     "ORT_NCHWC": "hwnas.builder._layout",
     "fit_transfer": "hwnas.builder._transfer",
+    "variant_specs": "hwnas.builder._variants",
+    "measure_variants": "hwnas.builder._variants",
+    "add_variants": "hwnas.builder._variants",
+    "layout_variants": "hwnas.builder._variants",
     "build": "hwnas.builder._build",
     "measure_cold": "hwnas.builder._cold",
     "measure_cold_in_context": "hwnas.builder._cold",

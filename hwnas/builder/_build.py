@@ -285,7 +285,8 @@ def adaptive_round(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
 
 
 def calibrate(cfg: BuildConfig, progress: bool = True) -> dict[str, Any]:
-    """Measure the zoo's pass 0 (resumed) and write the calibration into ``<out>/predictor``."""
+    """Measure the zoo's pass 0 (resumed) and write the calibration into ``<out>/predictor``, fitted on each
+    network's median over the passes the store holds."""
     from hwnas.builder._calibrate import calibrate_build
     from hwnas.builder._zoo import measure_zoo, zoo_store_path
 

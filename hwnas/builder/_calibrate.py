@@ -213,12 +213,12 @@ def network_sums(predictor: Any, kernel_lists: Sequence[Sequence[Any]]) -> list[
     return out
 
 
-def calibrate_build(build_dir: Any, store: Any = None, pass_id: int | None = 0, progress: bool = True
+def calibrate_build(build_dir: Any, store: Any = None, pass_id: int | None = None, progress: bool = True
                     ) -> dict[str, Any]:
     """Fit the calibration of ``<build_dir>/predictor`` on the zoo networks measured in ``store`` (default
     ``<build_dir>/raw/zoo.jsonl[.gz]``) and write it into the predictor; returns the calibration written.
-    ``pass_id``: the pass whose latencies are the truth, or ``None`` for the median of every pass
-    (:func:`zoo_measurements`)."""
+    ``pass_id``: the pass whose latencies are the truth, or ``None`` (default) for each network's median over the
+    passes the store holds (:func:`zoo_measurements`; one pass: that pass)."""
     from pathlib import Path
 
     from hwnas.builder._fit import error_metrics

@@ -39,6 +39,15 @@ def cmd_build(args: argparse.Namespace) -> int:
                 break
         print(f"predictor written to {fit_only(cfg)}")
         return 0
+    if args.layout_variants:
+        from hwnas.builder._variants import layout_variants
+
+        res = layout_variants(cfg)
+        fitted = ", ".join(f"{t} ({n})" for t, n in sorted(res["variants"].items()))
+        print(f"layout variants added to {res['path']}: {fitted}")
+        if res["too_few"]:
+            print(f"left out (too few measurements; priced as in the backend's layout): {sorted(res['too_few'])}")
+        return 0
     if args.calibrate:
         from hwnas.builder._build import calibrate
 
@@ -129,6 +138,10 @@ def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Calla
                    help="run the adaptive rounds on an existing build, then refit (and recalibrate when raw/zoo.jsonl exists)")
     p.add_argument("--calibrate", action="store_true",
                    help="time the zoo networks end to end (resumed) and fit the calibration into OUT/predictor")
+    p.add_argument("--layout-variants", action="store_true",
+                   help="on an existing build: measure the kernels that read a tensor outside the backend's layout "
+                        "(a pool of a concat on torchscript-cpu) on such an input, add them to OUT/predictor as "
+                        "their own types and refit its calibration when OUT/raw has zoo measurements")
     p.add_argument("--no-calibrate", action="store_true", help="fit kernels only, skip the zoo and calibration")
     p.add_argument("--no-register", action="store_true",
                    help="do not register the predictor in the user's predictor folder for 'auto'")

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwnas.builder._config import BuildConfig, default_name, utc_now
 from hwnas.graph import OpGraph, fold_batchnorm
-from hwnas.kernels import FusionRules, kernel_features
+from hwnas.kernels import FusionRules, base_type, kernel_features
 from hwnas.predictor import UNIT_FLOOR
 
 # Features per kernel family (by the main op); the rest use GENERIC.
@@ -33,11 +33,11 @@ MIN_FIT_SAMPLES = 3     # fewer successful measurements: no regressor; the type 
 def unit_feature(ktype: str) -> str:
     """The work measure a kernel's latency is normalised by: MACs for convolutions and matrix products, output
     elements otherwise (both are among :func:`features_for`)."""
-    return "macs" if ktype.split("-")[0] in ("conv", "dwconv", "fc", "matmul", "mha") else "out_elems"
+    return "macs" if base_type(ktype).split("-")[0] in ("conv", "dwconv", "fc", "matmul", "mha") else "out_elems"
 
 
 def features_for(ktype: str) -> list[str]:
-    main = ktype.split("-")[0]
+    main = base_type(ktype).split("-")[0]
     if main in ("conv", "dwconv"):
         return CONV
     if main in ("fc", "matmul", "mha"):
@@ -47,8 +47,9 @@ def features_for(ktype: str) -> list[str]:
     return GENERIC
 
 
-def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Successful kernel measurements of a build's ``raw/`` directory, net of the call overhead.
+def kernel_rows(raw: Path, stores: str = "kernels") -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Successful kernel measurements of a build's ``raw/`` directory (the stores ``<stores>*.jsonl[.gz]``), net
+    of the call overhead. A layout variant keeps its suffix in its type (``maxpool@dense``).
 
     Returns
     -------
@@ -65,7 +66,7 @@ def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
     overhead: dict[str, float] = {}
     kernel_recs = []
     seen: set[str] = set()
-    for path in sorted(Path(raw).glob("kernels*.jsonl")) + sorted(Path(raw).glob("kernels*.jsonl.gz")):
+    for path in sorted(Path(raw).glob(f"{stores}*.jsonl")) + sorted(Path(raw).glob(f"{stores}*.jsonl.gz")):
         for r in read_records(path):
             if r.get("type") != "measurement" or r["key"] in seen:
                 continue   # a key measured twice (a plain and a gzipped copy of one store): first record wins
@@ -85,7 +86,8 @@ def kernel_rows(raw: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
         shape = str(list(nodes[0].input_shapes[0])) if nodes[0].input_shapes else None
         # in-context and isolated-fallback records are already net of the call overhead; old isolated ones are not
         net = float(r["ms"]) if "parts" in r else float(r["ms"]) - overhead.get(shape, 0.0)
-        rows.append({"key": r["key"], "type": "-".join(n.op for n in nodes), "features": kernel_features(nodes),
+        suffix = spec["type"][len(base_type(spec["type"])):]
+        rows.append({"key": r["key"], "type": "-".join(n.op for n in nodes) + suffix, "features": kernel_features(nodes),
                      "ms": max(net, 1e-4), "families": list(r.get("families", [])),
                      "parent_families": list(r.get("parent_families", []))})
     return rows, overhead

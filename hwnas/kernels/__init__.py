@@ -12,6 +12,10 @@ fusion patterns and kernel types never hold a ``bn`` right after a convolution (
 
 Each kernel gets a type (its ops joined by ``-``, e.g. ``conv-relu``) and a feature vector: the shapes and
 attributes of its first (main) op plus counts over the whole kernel. See :data:`FEATURES`.
+
+Layout rules (:mod:`hwnas.kernels._layout`, data like the fusion rules): which ops a backend runs on its own tensor
+layout and which read a plain tensor; :func:`apply_layout` gives a kernel whose first op reads a plain tensor
+its own type (``maxpool@dense``), :func:`conversions` counts the layout conversions at the boundaries.
 """
 
 from __future__ import annotations
@@ -248,3 +252,8 @@ def _match(graph: OpGraph, head: OpNode, pattern: tuple[str, ...], assigned: set
             return []
         chain.append(nxt)
     return chain
+
+
+from hwnas.kernels._layout import (LAYOUT_RULES, TORCHSCRIPT_ONEDNN, LayoutRules, apply_layout, base_type,  # noqa: E402
+                                   conversions, group_tensors, groups, output_in_group,
+                                   plain_input_heads)

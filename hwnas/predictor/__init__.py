@@ -3,7 +3,9 @@
 A predictor is plain data (see :mod:`hwnas.predictor._format`): fusion rules, the kernel types it prices with
 their feature names, and one regressor per kernel type. Prediction = capture the model (:mod:`hwnas.graph`),
 group ops into kernels by the predictor's fusion rules (:mod:`hwnas.kernels`), evaluate each kernel type's
-regressor on its kernels' features, and sum. A kernel made only of ops the backend removes
+regressor on its kernels' features, and sum. A predictor with layout rules (a ``layout`` entry,
+:mod:`hwnas.kernels._layout`) gives a kernel of a listed type whose first op reads a tensor outside the backend's
+layout its own type (``maxpool@dense``), priced by its own regressor. A kernel made only of ops the backend removes
 (``zero_cost_ops``, e.g. dropout at inference), or of a type declared free (``zero_cost_kernels``: its time
 lands on neighbouring kernels inside a network), costs 0 ms *by declaration in the predictor*; any other kernel
 without a regressor is an :class:`~hwnas.errors.UnknownKernelError`, never a silent 0.
@@ -21,14 +23,15 @@ import warnings
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.device import explain_differences, fingerprint, isa_level, same_device
 from hwnas.errors import PredictorFileError, UnknownKernelError
 from hwnas.graph import OpGraph, capture
-from hwnas.kernels import FEATURE_NAMES, KERNEL_MODEL_VERSION, FusionRules, Kernel, detect_kernels
+from hwnas.kernels import (FEATURE_NAMES, KERNEL_MODEL_VERSION, FusionRules, Kernel, LayoutRules, apply_layout,
+                           detect_kernels)
 from hwnas.predictor._canonical import rekey, sample_counts, winners
 from hwnas.predictor._format import predictor_checksum, read_predictor, write_predictor
 from hwnas.predictor._registry import (AUTO, PredictorEntry, Selection, adapt_command, embedded_dir,
@@ -207,6 +210,21 @@ def _read_transfer(tr: Any, name: str) -> tuple[dict[str, tuple[float, float]], 
     return pairs, default
 
 
+def _read_layout(entry: Any, name: str, specs: Mapping[str, Any]) -> LayoutRules | None:
+    """The ``layout`` entry, checked: well-formed, and every variant type it names has a regressor."""
+    if not entry:
+        return None
+    try:
+        rules = LayoutRules.from_dict(entry)
+    except ValueError as e:
+        raise PredictorFileError(f"predictor {name!r}: malformed 'layout' entry ({e})") from None
+    missing = sorted(v + rules.suffix for v in rules.variants if v + rules.suffix not in specs)
+    if missing:
+        raise PredictorFileError(f"predictor {name!r}: its layout rules name kernel types without a regressor: "
+                                 f"{missing}")
+    return rules
+
+
 class LatencyPredictor:
     """Predicts the latency of models (ms) on one backend and device.
 
@@ -258,6 +276,9 @@ class LatencyPredictor:
         #: Per-kernel-type transfer to another machine (``hwnas adapt``): type -> (log factor, exponent).
         self.transfer, self.transfer_default = _read_transfer(metadata.get("transfer"), self.name)
         self.transfer = rekey(self.transfer, chosen)
+        #: Layout rules (see :mod:`hwnas.kernels._layout`): kernels of ``layout.variants`` types whose first op reads
+        #: a tensor outside the backend's layout get their own type (``maxpool@dense``); ``None``: no such rules.
+        self.layout = _read_layout(metadata.get("layout"), self.name, self._specs)
 
     # -- identity -------------------------------------------------------------------------------------------------
     @property
@@ -291,9 +312,10 @@ class LatencyPredictor:
         return {t: {k: v for k, v in spec.items() if k != "regressor"} for t, spec in self._specs.items()}
 
     # -- kernels ----------------------------------------------------------------------------------------------------
-    def graph_kernels(self, graph: OpGraph) -> list[Kernel]:
-        """Kernels of an op graph under this predictor's fusion rules."""
-        return detect_kernels(graph, self.rules)
+    def graph_kernels(self, graph: OpGraph, inputs_in_group: bool = False) -> list[Kernel]:
+        """Kernels of an op graph under this predictor's fusion rules (and layout rules, when it has them; with
+        ``inputs_in_group`` the graph's inputs are in the backend's layout, as a block's input inside a network)."""
+        return apply_layout(detect_kernels(graph, self.rules), graph, self.layout, inputs_in_group)
 
     def kernels(self, model: Any, model_type: str = "torch",
                 input_shape: Sequence[int] | None = None) -> list[Kernel]:

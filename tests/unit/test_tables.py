@@ -43,10 +43,11 @@ class _Linear:
 
 
 def fake_predictor(rules: list[list[str]] | None = None, overhead_ms: float = 0.25,
-                   name: str = "fake-test") -> LatencyPredictor:
+                   name: str = "fake-test", layout: dict | None = None) -> LatencyPredictor:
     """A deterministic fake predictor pricing every kernel type of the SPOS and ProxylessNAS spaces (ms).
 
-    ``global_avgpool`` uses the ``log_ms`` target, the others ``ms``."""
+    ``global_avgpool`` uses the ``log_ms`` target, the others ``ms``. With ``layout`` (layout rules), every type
+    the rules list as a variant also gets its plain-input type, five times dearer."""
     rng = np.random.default_rng(1234)
     regressors, kernels = {}, {}
     for ktype in KERNEL_TYPES:
@@ -57,9 +58,14 @@ def fake_predictor(rules: list[list[str]] | None = None, overhead_ms: float = 0.
         else:
             regressors[ktype] = _Linear(list(coef), float(rng.uniform(0.001, 0.01)))
             kernels[ktype] = {"features": FEATURES, "target": "ms"}
+    for v in (layout or {}).get("variants", []):
+        regressors[v + "@dense"] = _Linear(list(5 * regressors[v].coef), 5 * regressors[v].intercept)
+        kernels[v + "@dense"] = kernels[v]
     meta = {"name": name, "version": "0", "backend": "fake", "units": "ms", "batch_size": 1,
             "fusion_rules": RULES if rules is None else rules, "zero_cost_ops": ["dropout", "identity"],
             "model_overhead_ms": overhead_ms, "kernels": kernels}
+    if layout:
+        meta["layout"] = layout
     return LatencyPredictor(meta, regressors)
 
 
@@ -107,6 +113,25 @@ def test_table_equals_whole_subnet_prediction_224px(pred, name):
         full = full_prediction(pred, space, arch, (1, 3, 224, 224))
         assert table.latency(arch) == pytest.approx(full, rel=1e-9)
     assert table.fixed_latency > 0.25 and table.min_latency() < table.max_latency()
+
+
+@pytest.mark.parametrize("name", ["spos", "proxyless"])
+def test_a_predictor_with_layout_rules_keeps_the_table_exact(name):
+    # a block priced alone reads a plain graph input; inside the network its input has its predecessor's
+    # layout (a ProxylessNAS block reads a convolution's oneDNN tensor, so its residual add is no plain-input add)
+    from hwnas.kernels import TORCHSCRIPT_ONEDNN, LayoutRules
+
+    layout = LayoutRules.from_dict(TORCHSCRIPT_ONEDNN).with_variants(["add", "relu", "bn", "maxpool"]).to_dict()
+    pred = fake_predictor([], layout=layout)
+    space = ss.create_space(name, **SMALL[name]).eval()
+    table = LatencyTable.build(space, pred, (1, 3, 32, 32))
+    for seed in range(5):
+        arch = ss.random_arch(space, seed)
+        assert table.latency(arch) == pytest.approx(full_prediction(pred, space, arch, (1, 3, 32, 32)), rel=1e-9)
+    if name == "proxyless":   # the block input is a group tensor: its adds are priced as such
+        types = {r["type"] for r in pred.predict_kernels(ss.build_subnet(space, ss.random_arch(space, 0)), "torch",
+                                                         (1, 3, 32, 32))}
+        assert "add" in types and "add@dense" not in types
 
 
 def test_overhead_counted_once(small, pred):

@@ -1,0 +1,236 @@
+"""Layout variants: kernels that read a tensor outside the backend's layout, measured as they run there.
+
+The builder times each kernel after a 1x1 convolution (:func:`hwnas.builder._build.measure_in_context`), so on
+``torchscript-cpu`` it reads a oneDNN tensor. Where a network feeds a kernel a plain tensor instead (a pool or
+batch norm after a concat, an add of a SiLU's output), TorchScript runs ATen's kernel, which can be 25x slower
+(:mod:`hwnas.kernels._layout`). This module measures those kernels on a plain input and adds them to a predictor
+as their own types (``maxpool@dense``), with the layout rules that say where they occur:
+
+- :func:`variant_specs` — the kernels whose first op reads a plain tensor in the builder's prior networks, the
+  prior's other kernels of those types (the same configuration on a plain input), and jittered neighbours;
+- :func:`measure_variants` — time each alone (its input is the graph's plain input), minus the call overhead,
+  into a resumable store;
+- :func:`add_variants` — fit one regressor per variant type and write them, with the ``layout`` entry, into a
+  predictor measured on the same machine (an adapted predictor gets the identity transfer for them: they are
+  this machine's own latencies).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from hwnas.builder._protocol import MeasureProtocol
+from hwnas.kernels import FusionRules, LayoutRules, base_type, detect_kernels, plain_input_heads
+
+#: Store name of the variant measurements in a build's ``raw/`` directory (kept apart from ``kernels.jsonl``,
+#: whose rows are in-context measurements).
+STORE = "layout_variants"
+
+
+def variant_specs(rules: FusionRules, layout: LayoutRules, models: Iterable[Any], *, jitter: int = 1,
+                  max_per_type: int = 80, seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """Kernel specs to measure on a plain input (types with ``layout.suffix``), deterministic for a seed.
+
+    Parameters
+    ----------
+    rules : FusionRules
+        The predictor's fusion rules.
+    layout : LayoutRules
+        The backend's layout rules; every kernel type whose first op is a ``join`` op may get a variant.
+    models : iterable of PriorModel
+        Networks to take kernels from (the builder's prior, :mod:`hwnas.builder._sampler`).
+    jitter : int
+        Neighbours per plain-input kernel (channels and resolution scaled).
+    max_per_type : int
+        At most this many specs per variant type: the plain-input kernels first, then neighbours, then the same
+        type's other kernels of the prior, each group in a seeded random order.
+    """
+    from tqdm.auto import tqdm
+
+    from hwnas.builder._kernel_modules import kernel_spec
+    from hwnas.builder._sampler import jitter as neighbour
+    from hwnas.builder._sampler import spec_key
+    from hwnas.graph import capture
+
+    plain: dict[str, dict[str, Any]] = {}
+    other: dict[str, dict[str, Any]] = {}
+    for pm in tqdm(list(models), desc="layout variants: capturing models", disable=not progress):
+        graph = capture(pm.build(), "torch", pm.input_shape)
+        heads = plain_input_heads(graph, layout)
+        for k in detect_kernels(graph, rules):
+            first = k.nodes[0]
+            if first.op not in layout.join or not first.input_shapes or len(first.input_shapes[0]) != 4:
+                continue
+            spec = kernel_spec(k)
+            spec["type"] = k.type + layout.suffix
+            key = spec_key(spec)
+            into = plain if first.name in heads else other
+            if key not in plain and key not in into:
+                into[key] = {**spec, "families": []}
+            entry = plain.get(key) or into[key]
+            if pm.family not in entry["families"]:
+                entry["families"].append(pm.family)
+    rng = random.Random(seed)
+    near: dict[str, dict[str, Any]] = {}
+    for s in plain.values():
+        for _ in range(jitter):
+            n = neighbour(s, rng)
+            if n is not None and spec_key(n) not in plain and spec_key(n) not in near:
+                n["families"] = ["jitter"]
+                n["parent_families"] = list(s.get("families", []))
+                near[spec_key(n)] = n
+    types = sorted({s["type"] for s in plain.values()})
+    out: list[dict[str, Any]] = []
+    for t in types:
+        chosen: list[dict[str, Any]] = []
+        for group in (plain, near, other):
+            pool = [s for k, s in sorted(group.items()) if s["type"] == t and spec_key(s) not in
+                    {spec_key(c) for c in chosen}]
+            rng.shuffle(pool)
+            chosen += pool[:max(0, max_per_type - len(chosen))]
+        out += chosen
+    return out
+
+
+def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[str, Any]],
+                     protocol: MeasureProtocol, *, time_budget_min: float | None = None,
+                     progress: bool = True) -> int:
+    """Time each pending spec alone on its plain input (minus the call overhead, ms) into ``store_path``;
+    resumable. Returns how many were measured in this call."""
+    from tqdm.auto import tqdm
+
+    from hwnas.builder._backends import get_backend, release_memory
+    from hwnas.builder._build import _measure_timed, _net_parts
+    from hwnas.builder._kernel_modules import _Passthrough, kernel_module
+    from hwnas.builder._sampler import spec_key
+    from hwnas.builder._store import open_store, round_robin
+
+    backend = get_backend(backend_name)
+    store = open_store(store_path)
+    todo = round_robin(store.pending(list(specs), key=spec_key), key=lambda s: s["type"])
+    deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
+    done = failed = 0
+    with store:
+        for spec in tqdm(todo, desc=f"measuring layout variants on {backend_name}", disable=not progress):
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"time budget of {time_budget_min} min reached; run again to measure the rest")
+                break
+            fields = {"kind": "kernel", "spec": {k: spec[k] for k in ("type", "ops")},
+                      "families": spec.get("families", [])}
+            if spec.get("parent_families"):
+                fields["parent_families"] = spec["parent_families"]
+            module = kernel_module(spec)
+            try:
+                measured, _ = _measure_timed(backend, [(module, None), (_Passthrough(), None)], module.input_shape,
+                                             protocol)
+            except Exception as e:  # noqa: BLE001 - one unmeasurable kernel must not end the run
+                failed += 1
+                store.append(spec_key(spec), ms=-1.0, protocol=protocol, method="failed",
+                             error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", **fields)
+                continue
+            finally:
+                release_memory(backend)
+            parts = _net_parts(measured, prefixed=False)
+            store.append(spec_key(spec), ms=parts.pop("ms"), protocol=protocol, method="plain_input", parts=parts,
+                         **fields)
+            done += 1
+    if failed:
+        print(f"{failed} layout variants could not be measured on {backend_name}; see records with method 'failed'")
+    return done
+
+
+def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Fit the variant types measured in ``raw/`` and write them into the predictor at ``out`` (default: in place).
+
+    Raises
+    ------
+    ValueError
+        No variant measurements, or they were taken on another machine than the predictor describes (a predictor
+        prices one machine; adapt it to this one first).
+
+    Returns
+    -------
+    dict
+        ``variants`` (type → kernels fitted on), ``too_few`` (types left out: too few measurements; their kernels
+        keep the in-layout type), ``holdout`` (type → held-out report), ``path``.
+    """
+    from hwnas.builder._fit import fit_regressors, kernel_rows
+    from hwnas.builder._store import read_records
+    from hwnas.device import explain_differences, same_device
+    from hwnas.predictor import read_predictor, write_predictor
+
+    meta, regs = read_predictor(predictor)
+    rows, _ = kernel_rows(Path(raw), STORE)
+    by_type: dict[str, list[tuple[dict, float]]] = {}
+    for r in rows:
+        if r["type"].endswith(layout.suffix):
+            by_type.setdefault(r["type"], []).append((r["features"], r["ms"]))
+    if not by_type:
+        raise ValueError(f"no layout-variant measurements in {raw}/{STORE}.jsonl; measure them first")
+    measured_on = next((r["fingerprint"] for p in sorted(Path(raw).glob(f"{STORE}*.jsonl*"))
+                        for r in read_records(p) if r.get("type") == "device" and r.get("fingerprint")), None)
+    device = meta.get("device") or {}
+    fp = device.get("fingerprint") if isinstance(device, dict) else None
+    if measured_on and fp and not same_device(measured_on, fp):
+        raise ValueError(f"the variants in {raw} were measured on another machine than predictor "
+                         f"{meta.get('name')!r} describes ({explain_differences(fp, measured_on)})")
+    new_regs, kernels, accuracy, unsupported = fit_regressors(by_type, meta["backend"], seed)
+    meta = dict(meta)
+    meta["kernels"] = {**meta["kernels"], **kernels}
+    meta["accuracy"] = dict(meta.get("accuracy") or {})
+    meta["accuracy"]["kernels_holdout"] = {**meta["accuracy"].get("kernels_holdout", {}), **accuracy}
+    if meta.get("transfer"):
+        tr = dict(meta["transfer"])
+        tr["kernel_types"] = {**tr.get("kernel_types", {}), **{t: [0.0, 1.0] for t in new_regs}}
+        meta["transfer"] = tr
+    meta["layout"] = layout.with_variants(base_type(t) for t in new_regs).to_dict()
+    for k in ("schema_version", "files"):
+        meta.pop(k, None)
+    for spec in meta["kernels"].values():
+        spec.pop("regressor", None)
+    path = write_predictor(out or predictor, meta, {**regs, **new_regs})
+    return {"variants": {t: len(v) for t, v in by_type.items() if t in new_regs},
+            "too_few": unsupported, "holdout": accuracy, "path": str(path)}
+
+
+def layout_variants(cfg: Any, progress: bool = True) -> dict[str, Any]:
+    """``hwnas build --layout-variants``: on the build in ``cfg.out`` (its ``predictor/`` fitted), sample the layout
+    variants of the builder's prior (``cfg.resolutions``, ``cfg.space_archs``, ``cfg.seed``, ``cfg.jitter``),
+    measure them (resumable, ``cfg.time_budget_min``), add them to ``<out>/predictor`` and, when the build has a
+    zoo store, refit its calibration with them (:func:`hwnas.builder._calibrate.calibrate_build`).
+
+    Raises
+    ------
+    ValueError
+        The backend has no layout rules (:data:`hwnas.kernels.LAYOUT_RULES`), or the build has no predictor.
+    """
+    from hwnas.builder._sampler import space_prior, torchvision_prior
+    from hwnas.builder._zoo import zoo_store_path
+    from hwnas.kernels import LAYOUT_RULES
+    from hwnas.predictor import read_predictor
+
+    if cfg.backend not in LAYOUT_RULES:
+        raise ValueError(f"backend {cfg.backend!r} has no layout rules (rules exist for: {sorted(LAYOUT_RULES)})")
+    layout = LayoutRules.from_dict(LAYOUT_RULES[cfg.backend])
+    out = Path(cfg.out)
+    predictor = out / "predictor"
+    if not (predictor / "predictor.json").is_file():
+        raise ValueError(f"no predictor in {predictor}: build (or adapt) one first")
+    meta, _ = read_predictor(predictor)
+    rules = FusionRules(meta.get("fusion_rules", []))
+    models = torchvision_prior(cfg.resolutions) + space_prior(cfg.space_archs, cfg.seed)
+    specs = variant_specs(rules, layout, models, jitter=cfg.jitter, seed=cfg.seed, progress=progress)
+    store = out / "raw" / f"{STORE}.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    measure_variants(cfg.backend, store, specs, cfg.protocol, time_budget_min=cfg.time_budget_min,
+                     progress=progress)
+    result = add_variants(predictor, out / "raw", layout, seed=cfg.seed)
+    if zoo_store_path(out / "raw").is_file():
+        from hwnas.builder._calibrate import calibrate_build
+
+        result["calibration"] = calibrate_build(out, progress=progress)
+    return result

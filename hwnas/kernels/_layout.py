@@ -1,0 +1,204 @@
+"""Which kernels read a tensor outside the backend's own layout (rules as data), and their kernel types.
+
+A frozen TorchScript graph on CPU (``torch.jit.optimize_for_inference``) runs each convolution on oneDNN tensors
+and grows a group around it: an op joins the group when every tensor it reads is already a oneDNN tensor and
+oneDNN has a kernel for it (activations, pools, batch norm, add, mul, linear). ``aten::cat``, ``silu``,
+reshapes and channel shuffles have none, so their outputs are plain (dense) tensors, and an op reading one runs
+ATen's own CPU kernel instead of oneDNN's: a 3x3 max pool of a 192x28x28 concat output takes 4.4 ms there
+against 0.18 ms after a convolution on an AMD EPYC Zen 4 (``experiments/benchmarks/ts_dense_inputs.py``).
+Conversions (``to_mkldnn`` before a convolution that reads a plain tensor, ``to_dense`` after a group tensor
+read by a plain op) sit at each boundary.
+
+The builder times kernels after a 1x1 convolution, i.e. on a oneDNN input. :func:`apply_layout` gives a kernel
+whose first op would join a group but reads a plain tensor its own type (``maxpool@dense``), which a predictor
+prices with its own regressor, measured on a plain input. The rules are data (:class:`LayoutRules`, stored in the
+predictor's ``layout`` entry); :data:`TORCHSCRIPT_ONEDNN` is PyTorch 2.14's ``ConvertFrozenOpsToMKLDNN`` pass in
+the canonical op vocabulary, checked against the compiled graphs of the zoo
+(``experiments/benchmarks/ts_layout_rules.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+from hwnas.graph import OpGraph
+
+#: TorchScript (CPU, frozen, ``optimize_for_inference``) oneDNN groups, in canonical ops:
+#:
+#: - ``start``: ops that open a group whatever their input's layout (a convolution with constant weights; a plain
+#:   input gets a ``to_mkldnn``);
+#: - ``join``: ops that run in a group when every tensor input is a group tensor (else on ATen, plain);
+#: - ``transparent``: ops the frozen graph removes (their output has their input's layout);
+#: - every other op reads and writes plain tensors.
+TORCHSCRIPT_ONEDNN: dict[str, Any] = {
+    "name": "torchscript-onednn",
+    "start": ["conv", "dwconv"],
+    "join": ["relu", "relu6", "hswish", "hsigmoid", "sigmoid", "tanh", "gelu", "bn", "maxpool", "avgpool",
+             "global_avgpool", "adaptive_avgpool", "add", "mul", "fc"],
+    "transparent": ["dropout", "identity"],
+    "suffix": "@dense",
+}
+
+
+#: Layout rules by backend name (backends without an entry run every op in one layout).
+LAYOUT_RULES: dict[str, dict[str, Any]] = {"torchscript-cpu": TORCHSCRIPT_ONEDNN}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutRules:
+    """Layout rules of a backend (see :data:`TORCHSCRIPT_ONEDNN` for the fields).
+
+    ``variants``: the kernel types (base names) that get a ``suffix`` type when their first op reads a plain
+    tensor; the predictor prices those types. A kernel of another type keeps its name whatever its input's layout
+    (it is priced as measured after a convolution), and the predictor's metadata says so by listing ``variants``.
+    """
+
+    name: str
+    start: frozenset[str]
+    join: frozenset[str]
+    transparent: frozenset[str] = frozenset()
+    suffix: str = "@dense"
+    variants: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LayoutRules":
+        """Rules from a predictor's ``layout`` entry (or :data:`TORCHSCRIPT_ONEDNN`); a ``ValueError`` names a
+        missing or malformed field."""
+        try:
+            suffix = str(d.get("suffix", "@dense"))
+            rules = cls(str(d["name"]), frozenset(map(str, d["start"])), frozenset(map(str, d["join"])),
+                        frozenset(map(str, d.get("transparent", ()))), suffix,
+                        frozenset(map(str, d.get("variants", ()))))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"layout rules need 'name', 'start' and 'join' (lists of op names): {e!r}") from None
+        if not suffix.startswith("@") or "-" in suffix:
+            raise ValueError(f"layout suffix must start with '@' and hold no '-', got {suffix!r}")
+        return rules
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "start": sorted(self.start), "join": sorted(self.join),
+                "transparent": sorted(self.transparent), "suffix": self.suffix, "variants": sorted(self.variants)}
+
+    def with_variants(self, variants: Iterable[str]) -> "LayoutRules":
+        return dataclasses.replace(self, variants=frozenset(variants))
+
+
+def base_type(ktype: str) -> str:
+    """A kernel type without its layout suffix (``maxpool@dense`` → ``maxpool``)."""
+    return ktype.split("@", 1)[0]
+
+
+def groups(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> dict[str, int | None]:
+    """Tensor name → the group that writes it (an int), or ``None`` for a plain tensor. Graph inputs are plain,
+    or each in a group of its own with ``inputs_in_group`` (a block priced alone whose input, inside its network,
+    is a group tensor).
+
+    Ops are placed in topological order. An op that may run in a group joins the groups of its group-tensor
+    inputs, merging them, except a group it is reachable from through a plain op (merging it would make a
+    cycle: the backend keeps the two groups apart and converts the tensor between them); with no group left a
+    start op opens a new one and a join op runs plain."""
+    parent: list[int] = []
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    group: dict[str, int | None] = {}
+    for i in graph.inputs:
+        group[i] = len(parent) if inputs_in_group else None
+        if inputs_in_group:
+            parent.append(len(parent))
+    via_plain: dict[str, frozenset[int]] = {i: frozenset() for i in graph.inputs}   # groups reaching it via a plain op
+    for node in graph.nodes:
+        ins = [i for i in node.inputs if i in group]
+        upstream = frozenset().union(*(via_plain[i] for i in ins)) if ins else frozenset()
+        if node.op in rules.transparent and ins:
+            group[node.name], via_plain[node.name] = group[ins[0]], via_plain[ins[0]]
+            continue
+        eligible = node.op in rules.start or (node.op in rules.join and bool(ins)
+                                               and all(group[i] is not None for i in ins))
+        blocked = {find(g) for g in upstream}
+        joinable = sorted({find(g) for i in ins if (g := group[i]) is not None} - blocked) if eligible else []
+        if joinable:
+            g = joinable[0]
+            for h in joinable[1:]:
+                parent[h] = g
+        elif node.op in rules.start:
+            g = len(parent)
+            parent.append(g)
+        else:   # runs plain: every group above it now reaches its readers through a plain op
+            group[node.name] = None
+            via_plain[node.name] = upstream.union(g for i in ins if (g := group[i]) is not None)
+            continue
+        group[node.name] = g
+        via_plain[node.name] = upstream
+    return {t: (find(g) if g is not None else None) for t, g in group.items()}
+
+
+def output_in_group(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> bool:
+    """Whether the graph's output (its last op's) is a group tensor; an empty graph passes its input on."""
+    if not graph.nodes:
+        return inputs_in_group
+    return groups(graph, rules, inputs_in_group)[graph.nodes[-1].name] is not None
+
+
+def group_tensors(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> dict[str, bool]:
+    """Tensor name → whether it is a group (backend-layout) tensor (graph inputs: see :func:`groups`)."""
+    return {t: g is not None for t, g in groups(graph, rules, inputs_in_group).items()}
+
+
+def plain_input_heads(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> set[str]:
+    """Ops that would join a group but read a plain 4-d tensor (they run on ATen); graph inputs: see
+    :func:`groups`."""
+    group = groups(graph, rules, inputs_in_group)
+    return {n.name for n in graph.nodes
+            if n.op in rules.join and n.input_shapes and len(n.input_shapes[0]) == 4
+            and any(group.get(i, 0) is None for i in n.inputs)}
+
+
+def conversions(graph: OpGraph, rules: LayoutRules) -> dict[str, int]:
+    """The conversions the backend inserts, each tensor converted once per kind: ``to_backend`` (a plain tensor
+    read by a group op, or a group tensor read by another group) and ``to_plain`` (a group tensor read by a
+    plain op or by another group, or returned)."""
+    group = groups(graph, rules)
+    alias = {i: i for i in graph.inputs}   # a removed op's output is its input's tensor
+    for n in graph.nodes:
+        alias[n.name] = alias.get(n.inputs[0], n.inputs[0]) if n.op in rules.transparent and n.inputs else n.name
+    to_backend: set[str] = set()
+    to_plain: set[str] = set()
+    consumed: set[str] = set()
+    for node in graph.nodes:
+        if node.op in rules.transparent:
+            continue
+        mine = group[node.name]
+        for i in node.inputs:
+            if i not in group:
+                continue
+            src, t = group[i], alias.get(i, i)
+            consumed.add(t)
+            if mine is not None and src != mine:
+                to_backend.add(t)
+            if src is not None and src != mine:
+                to_plain.add(t)
+    to_plain.update(n.name for n in graph.nodes if group[n.name] is not None and alias[n.name] == n.name
+                    and n.name not in consumed)
+    return {"to_backend": len(to_backend), "to_plain": len(to_plain)}
+
+
+def apply_layout(kernels: Sequence[Any], graph: OpGraph, rules: LayoutRules | None,
+                 inputs_in_group: bool = False) -> list[Any]:
+    """``kernels`` with each kernel of a ``rules.variants`` type whose first op reads a plain tensor renamed to
+    its layout type (``maxpool`` → ``maxpool@dense``); other kernels unchanged (the same objects). Graph inputs:
+    see :func:`groups`."""
+    if rules is None or not rules.variants:
+        return list(kernels)
+    heads = plain_input_heads(graph, rules, inputs_in_group)
+    out = []
+    for k in kernels:
+        if k.type in rules.variants and k.nodes and k.nodes[0].name in heads:
+            k = dataclasses.replace(k, type=k.type + rules.suffix)
+        out.append(k)
+    return out
