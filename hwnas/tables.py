@@ -437,7 +437,7 @@ def _measure(space: Any, predictor: Any, shape: tuple[int, ...], identity: dict[
             if layout is None:
                 kernels = predictor.kernels(graph, "graph")
             else:
-                kernels = predictor.graph_kernels(graph, inputs_in_group=in_group)
+                kernels = predictor.graph_kernels(graph, inputs_in_group=in_group, output_returned=n == len(slots))
                 out_layout[choice] = output_in_group(graph, layout, in_group)
             ms = float(predictor.kernel_latencies(kernels).sum())
             macs = sum(op_macs(node) for node in graph.nodes)

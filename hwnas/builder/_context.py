@@ -18,14 +18,13 @@ these, so an evaluation can say how often it happened.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from hwnas.graph import OpGraph
-from hwnas.kernels import FEATURE_NAMES, FusionRules, Kernel, detect_kernels
+from hwnas.kernels import FusionRules, Kernel, detect_kernels, tensor_kernel
 
 from hwnas.builder._layout import ORT_NCHWC, Conversion, layout_conversions
 from hwnas.builder._profile import NodeTrace, ort_kernel_groups, profile_from_trace
@@ -46,15 +45,9 @@ def _tensor_shape(graph: OpGraph, source: str) -> tuple[int, ...]:
 
 
 def conversion_kernel(kind: str, shape: Sequence[int]) -> Kernel:
-    """A layout conversion of a tensor of ``shape`` as a kernel (type ``kind``; features of the tensor)."""
-    shape = tuple(int(v) for v in shape)
-    n = math.prod(shape) / 1e6 if shape else 0.0
-    h, w = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
-    c = shape[1] if len(shape) >= 2 else 1
-    f = {k: 0.0 for k in FEATURE_NAMES}
-    f.update(batch=float(shape[0]) if shape else 1.0, hin=h, win=w, hout=h, wout=w, cin=c, cout=c, n_inputs=1.0,
-             elementwise=n, in_elems=n, out_elems=n)
-    return Kernel(kind, [], {k: float(v) for k, v in f.items()})
+    """A layout conversion of a tensor of ``shape`` as a kernel (type ``kind``; features of the tensor; see
+    :func:`hwnas.kernels.tensor_kernel`)."""
+    return tensor_kernel(kind, shape)
 
 
 def _place_conversions(trace: NodeTrace, kernels: Sequence[Kernel], ms: Any, absorb_layout: bool

@@ -199,6 +199,14 @@ class _Passthrough(nn.Module):
         return x.clone()
 
 
+class _ConversionPair(nn.Module):
+    """A plain tensor into oneDNN's layout and back (``aten::to_mkldnn``, ``aten::to_dense``): the two layout
+    conversions of TorchScript's oneDNN groups, timed as a pair (:mod:`hwnas.builder._variants`)."""
+
+    def forward(self, x):
+        return x.to_mkldnn().to_dense()
+
+
 def _prefix(shape: Sequence[int]) -> nn.Module:
     """The dense 1x1 convolution a kernel is timed after, in context (see ``_build.measure_in_context``)."""
     c = int(shape[1])

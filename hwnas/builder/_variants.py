@@ -8,10 +8,12 @@ as their own types (``maxpool@dense``), with the layout rules that say where the
 
 - :func:`variant_specs` — the kernels whose first op reads a plain tensor in the builder's prior networks, the
   prior's other kernels of those types (the same configuration on a plain input), and jittered neighbours;
-- :func:`measure_variants` — time each alone (its input is the graph's plain input), minus the call overhead,
-  into a resumable store;
-- :func:`add_variants` — fit one regressor per variant type and write them, with the ``layout`` entry, into a
-  predictor measured on the same machine (an adapted predictor gets the identity transfer for them: they are
+- :func:`conversion_specs` — the tensor shapes the backend converts between layouts in those networks;
+- :func:`measure_variants` — time each kernel alone (its input is the graph's plain input), and each conversion
+  shape as a pair (``to_mkldnn`` then ``to_dense``), minus the call overhead, into a resumable store;
+- :func:`add_variants` — fit one regressor per variant type, and one for the conversions (half a pair each: the
+  two directions are assumed to cost alike, a network's calibration refits their factor), and write them, with
+  the ``layout`` entry, into a predictor measured on the same machine (an adapted predictor gets the identity transfer for them: they are
   this machine's own latencies).
 """
 
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from hwnas.builder._protocol import MeasureProtocol
-from hwnas.kernels import FusionRules, LayoutRules, base_type, detect_kernels, plain_input_heads
+from hwnas.kernels import (CONVERSION_TYPES, FusionRules, LayoutRules, base_type, detect_kernels, plain_input_heads,
+                           tensor_kernel)
 
 #: Store name of the variant measurements in a build's ``raw/`` directory (kept apart from ``kernels.jsonl``,
 #: whose rows are in-context measurements).
@@ -95,6 +98,26 @@ def variant_specs(rules: FusionRules, layout: LayoutRules, models: Iterable[Any]
     return out
 
 
+def conversion_specs(layout: LayoutRules, models: Iterable[Any], *, max_shapes: int = 160, seed: int = 0,
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """The distinct 4-d tensor shapes the backend converts in ``models`` (:func:`hwnas.kernels.conversion_tensors`),
+    as specs of type ``"conversion"``; at most ``max_shapes``, a seeded random choice."""
+    from tqdm.auto import tqdm
+
+    from hwnas.graph import capture
+    from hwnas.kernels import conversion_tensors
+
+    shapes: dict[tuple[int, ...], set[str]] = {}
+    for pm in tqdm(list(models), desc="layout conversions: capturing models", disable=not progress):
+        graph = capture(pm.build(), "torch", pm.input_shape)
+        for _, _, shape in conversion_tensors(graph, layout):
+            if len(shape) == 4:
+                shapes.setdefault(tuple(shape), set()).add(pm.family)
+    chosen = sorted(shapes)
+    random.Random(seed).shuffle(chosen)
+    return [{"type": "conversion", "shape": list(s), "families": sorted(shapes[s])} for s in chosen[:max_shapes]]
+
+
 def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[str, Any]],
                      protocol: MeasureProtocol, *, time_budget_min: float | None = None,
                      progress: bool = True) -> int:
@@ -104,13 +127,16 @@ def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[s
 
     from hwnas.builder._backends import get_backend, release_memory
     from hwnas.builder._build import _measure_timed, _net_parts
-    from hwnas.builder._kernel_modules import _Passthrough, kernel_module
+    from hwnas.builder._kernel_modules import _ConversionPair, _Passthrough, kernel_module
     from hwnas.builder._sampler import spec_key
     from hwnas.builder._store import open_store, round_robin
 
+    def key(spec: dict[str, Any]) -> str:
+        return f"conversion:{spec['shape']}" if spec["type"] == "conversion" else spec_key(spec)
+
     backend = get_backend(backend_name)
     store = open_store(store_path)
-    todo = round_robin(store.pending(list(specs), key=spec_key), key=lambda s: s["type"])
+    todo = round_robin(store.pending(list(specs), key=key), key=lambda s: s["type"])
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
     done = failed = 0
     with store:
@@ -118,24 +144,27 @@ def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[s
             if deadline is not None and time.monotonic() > deadline:
                 print(f"time budget of {time_budget_min} min reached; run again to measure the rest")
                 break
-            fields = {"kind": "kernel", "spec": {k: spec[k] for k in ("type", "ops")},
-                      "families": spec.get("families", [])}
+            if spec["type"] == "conversion":
+                fields: dict[str, Any] = {"kind": "conversion", "shape": list(spec["shape"])}
+                module, shape, method = _ConversionPair(), tuple(spec["shape"]), "conversion_pair"
+            else:
+                fields = {"kind": "kernel", "spec": {k: spec[k] for k in ("type", "ops")}}
+                module = kernel_module(spec)
+                shape, method = module.input_shape, "plain_input"
+            fields["families"] = spec.get("families", [])
             if spec.get("parent_families"):
                 fields["parent_families"] = spec["parent_families"]
-            module = kernel_module(spec)
             try:
-                measured, _ = _measure_timed(backend, [(module, None), (_Passthrough(), None)], module.input_shape,
-                                             protocol)
+                measured, _ = _measure_timed(backend, [(module, None), (_Passthrough(), None)], shape, protocol)
             except Exception as e:  # noqa: BLE001 - one unmeasurable kernel must not end the run
                 failed += 1
-                store.append(spec_key(spec), ms=-1.0, protocol=protocol, method="failed",
+                store.append(key(spec), ms=-1.0, protocol=protocol, method="failed",
                              error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}", **fields)
                 continue
             finally:
                 release_memory(backend)
             parts = _net_parts(measured, prefixed=False)
-            store.append(spec_key(spec), ms=parts.pop("ms"), protocol=protocol, method="plain_input", parts=parts,
-                         **fields)
+            store.append(key(spec), ms=parts.pop("ms"), protocol=protocol, method=method, parts=parts, **fields)
             done += 1
     if failed:
         print(f"{failed} layout variants could not be measured on {backend_name}; see records with method 'failed'")
@@ -158,7 +187,7 @@ def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path |
         ``variants`` (type → kernels fitted on), ``too_few`` (types left out: too few measurements; their kernels
         keep the in-layout type), ``holdout`` (type → held-out report), ``path``.
     """
-    from hwnas.builder._fit import fit_regressors, kernel_rows
+    from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors, kernel_rows
     from hwnas.builder._store import read_records
     from hwnas.device import explain_differences, same_device
     from hwnas.predictor import read_predictor, write_predictor
@@ -169,6 +198,9 @@ def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path |
     for r in rows:
         if r["type"].endswith(layout.suffix):
             by_type.setdefault(r["type"], []).append((r["features"], r["ms"]))
+    pairs = _conversion_rows(Path(raw))
+    if len(pairs) >= MIN_FIT_SAMPLES:   # each conversion: half a measured pair (a reorder each way, assumed alike)
+        by_type[CONVERSION_TYPES[0]] = pairs
     if not by_type:
         raise ValueError(f"no layout-variant measurements in {raw}/{STORE}.jsonl; measure them first")
     measured_on = next((r["fingerprint"] for p in sorted(Path(raw).glob(f"{STORE}*.jsonl*"))
@@ -179,6 +211,10 @@ def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path |
         raise ValueError(f"the variants in {raw} were measured on another machine than predictor "
                          f"{meta.get('name')!r} describes ({explain_differences(fp, measured_on)})")
     new_regs, kernels, accuracy, unsupported = fit_regressors(by_type, meta["backend"], seed)
+    converts = CONVERSION_TYPES[0] in new_regs
+    for t in CONVERSION_TYPES[1:] if converts else ():   # one regressor prices both kinds
+        new_regs[t], kernels[t], accuracy[t] = new_regs[CONVERSION_TYPES[0]], kernels[CONVERSION_TYPES[0]], \
+            accuracy[CONVERSION_TYPES[0]]
     meta = dict(meta)
     meta["kernels"] = {**meta["kernels"], **kernels}
     meta["accuracy"] = dict(meta.get("accuracy") or {})
@@ -187,14 +223,29 @@ def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path |
         tr = dict(meta["transfer"])
         tr["kernel_types"] = {**tr.get("kernel_types", {}), **{t: [0.0, 1.0] for t in new_regs}}
         meta["transfer"] = tr
-    meta["layout"] = layout.with_variants(base_type(t) for t in new_regs).to_dict()
+    variants = [base_type(t) for t in new_regs if t.endswith(layout.suffix)]
+    meta["layout"] = layout.with_variants(variants, conversions=converts).to_dict()
     for k in ("schema_version", "files"):
         meta.pop(k, None)
     for spec in meta["kernels"].values():
         spec.pop("regressor", None)
     path = write_predictor(out or predictor, meta, {**regs, **new_regs})
-    return {"variants": {t: len(v) for t, v in by_type.items() if t in new_regs},
+    counts = {t: len(by_type.get(t, pairs)) for t in new_regs}
+    return {"variants": counts,
             "too_few": unsupported, "holdout": accuracy, "path": str(path)}
+
+
+def _conversion_rows(raw: Path) -> list[tuple[dict, float]]:
+    """(features, ms) of one conversion per measured pair: the tensor's features, half the pair's time."""
+    from hwnas.builder._store import read_records
+
+    rows: dict[str, tuple[dict, float]] = {}
+    for path in sorted(raw.glob(f"{STORE}*.jsonl")) + sorted(raw.glob(f"{STORE}*.jsonl.gz")):
+        for r in read_records(path):
+            if r.get("type") == "measurement" and r.get("kind") == "conversion" and r.get("method") != "failed":
+                rows.setdefault(r["key"], (tensor_kernel(CONVERSION_TYPES[0], r["shape"]).features,
+                                           max(float(r["ms"]) / 2, 1e-4)))
+    return list(rows.values())
 
 
 def layout_variants(cfg: Any, progress: bool = True) -> dict[str, Any]:
@@ -224,7 +275,10 @@ def layout_variants(cfg: Any, progress: bool = True) -> dict[str, Any]:
     rules = FusionRules(meta.get("fusion_rules", []))
     models = torchvision_prior(cfg.resolutions) + space_prior(cfg.space_archs, cfg.seed)
     specs = variant_specs(rules, layout, models, jitter=cfg.jitter, seed=cfg.seed, progress=progress)
+    specs += conversion_specs(layout, models, seed=cfg.seed, progress=progress)
     store = out / "raw" / f"{STORE}.jsonl"
+    if not store.exists() and store.with_suffix(".jsonl.gz").exists():   # kept compressed: append to that one
+        store = store.with_suffix(".jsonl.gz")
     store.parent.mkdir(parents=True, exist_ok=True)
     measure_variants(cfg.backend, store, specs, cfg.protocol, time_budget_min=cfg.time_budget_min,
                      progress=progress)

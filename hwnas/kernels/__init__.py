@@ -254,6 +254,6 @@ def _match(graph: OpGraph, head: OpNode, pattern: tuple[str, ...], assigned: set
     return chain
 
 
-from hwnas.kernels._layout import (LAYOUT_RULES, TORCHSCRIPT_ONEDNN, LayoutRules, apply_layout, base_type,  # noqa: E402
-                                   conversions, group_tensors, groups, output_in_group,
-                                   plain_input_heads)
+from hwnas.kernels._layout import (CONVERSION_TYPES, LAYOUT_RULES, TORCHSCRIPT_ONEDNN, LayoutRules,  # noqa: E402
+                                   apply_layout, base_type, conversion_tensors, conversions, group_tensors, groups,
+                                   output_in_group, plain_input_heads, tensor_kernel)

@@ -52,6 +52,7 @@ class LayoutRules:
     ``variants``: the kernel types (base names) that get a ``suffix`` type when their first op reads a plain
     tensor; the predictor prices those types. A kernel of another type keeps its name whatever its input's layout
     (it is priced as measured after a convolution), and the predictor's metadata says so by listing ``variants``.
+    ``conversions``: the predictor also prices each layout conversion (:data:`CONVERSION_TYPES`) as a kernel.
     """
 
     name: str
@@ -60,6 +61,7 @@ class LayoutRules:
     transparent: frozenset[str] = frozenset()
     suffix: str = "@dense"
     variants: frozenset[str] = frozenset()
+    conversions: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LayoutRules":
@@ -69,7 +71,7 @@ class LayoutRules:
             suffix = str(d.get("suffix", "@dense"))
             rules = cls(str(d["name"]), frozenset(map(str, d["start"])), frozenset(map(str, d["join"])),
                         frozenset(map(str, d.get("transparent", ()))), suffix,
-                        frozenset(map(str, d.get("variants", ()))))
+                        frozenset(map(str, d.get("variants", ()))), bool(d.get("conversions", False)))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"layout rules need 'name', 'start' and 'join' (lists of op names): {e!r}") from None
         if not suffix.startswith("@") or "-" in suffix:
@@ -78,10 +80,12 @@ class LayoutRules:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "start": sorted(self.start), "join": sorted(self.join),
-                "transparent": sorted(self.transparent), "suffix": self.suffix, "variants": sorted(self.variants)}
+                "transparent": sorted(self.transparent), "suffix": self.suffix, "variants": sorted(self.variants),
+                "conversions": self.conversions}
 
-    def with_variants(self, variants: Iterable[str]) -> "LayoutRules":
-        return dataclasses.replace(self, variants=frozenset(variants))
+    def with_variants(self, variants: Iterable[str], conversions: bool | None = None) -> "LayoutRules":
+        return dataclasses.replace(self, variants=frozenset(variants),
+                                   conversions=self.conversions if conversions is None else conversions)
 
 
 def base_type(ktype: str) -> str:
@@ -159,16 +163,26 @@ def plain_input_heads(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool 
             and any(group.get(i, 0) is None for i in n.inputs)}
 
 
-def conversions(graph: OpGraph, rules: LayoutRules) -> dict[str, int]:
-    """The conversions the backend inserts, each tensor converted once per kind: ``to_backend`` (a plain tensor
-    read by a group op, or a group tensor read by another group) and ``to_plain`` (a group tensor read by a
-    plain op or by another group, or returned)."""
-    group = groups(graph, rules)
+#: Kernel types of the layout conversions: into the backend's layout, and back to a plain tensor.
+CONVERSION_TYPES = ("to_backend", "to_plain")
+
+
+def conversion_tensors(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False,
+                       output_returned: bool = True) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The conversions the backend inserts, as ``(kind, tensor, shape)`` in graph order, each tensor converted at
+    most once per kind: ``to_backend`` (a plain tensor read by a group op, or a group tensor read by another
+    group) and ``to_plain`` (a group tensor read by a plain op or by another group, or returned). Graph inputs: see
+    :func:`groups`; ``output_returned=False`` (a block priced alone, inside a network) leaves the conversion of a
+    returned group tensor to whoever reads it."""
+    group = groups(graph, rules, inputs_in_group)
+    shapes: dict[str, tuple[int, ...]] = {}
     alias = {i: i for i in graph.inputs}   # a removed op's output is its input's tensor
     for n in graph.nodes:
         alias[n.name] = alias.get(n.inputs[0], n.inputs[0]) if n.op in rules.transparent and n.inputs else n.name
-    to_backend: set[str] = set()
-    to_plain: set[str] = set()
+        shapes[n.name] = tuple(n.output_shape)
+        for i, sh in zip(n.inputs, n.input_shapes):
+            shapes.setdefault(i, tuple(sh))
+    out: dict[tuple[str, str], tuple[int, ...]] = {}
     consumed: set[str] = set()
     for node in graph.nodes:
         if node.op in rules.transparent:
@@ -179,21 +193,49 @@ def conversions(graph: OpGraph, rules: LayoutRules) -> dict[str, int]:
                 continue
             src, t = group[i], alias.get(i, i)
             consumed.add(t)
-            if mine is not None and src != mine:
-                to_backend.add(t)
             if src is not None and src != mine:
-                to_plain.add(t)
-    to_plain.update(n.name for n in graph.nodes if group[n.name] is not None and alias[n.name] == n.name
-                    and n.name not in consumed)
-    return {"to_backend": len(to_backend), "to_plain": len(to_plain)}
+                out.setdefault(("to_plain", t), shapes.get(t, ()))
+            if mine is not None and src != mine:
+                out.setdefault(("to_backend", t), shapes.get(t, ()))
+    if output_returned:
+        for n in graph.nodes:
+            if group[n.name] is not None and alias[n.name] == n.name and n.name not in consumed:
+                out.setdefault(("to_plain", n.name), shapes[n.name])
+    return [(kind, t, shape) for (kind, t), shape in out.items()]
+
+
+def conversions(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False,
+                output_returned: bool = True) -> dict[str, int]:
+    """How many conversions of each kind :func:`conversion_tensors` finds."""
+    found = conversion_tensors(graph, rules, inputs_in_group, output_returned)
+    return {k: sum(1 for c in found if c[0] == k) for k in CONVERSION_TYPES}
+
+
+def tensor_kernel(kind: str, shape: Sequence[int]) -> Any:
+    """A kernel of type ``kind`` with no ops that moves one tensor of ``shape`` (a layout conversion): the features
+    of the tensor (channels, height and width as input and output, its elements as ``in_elems``, ``out_elems``
+    and ``elementwise``, in millions)."""
+    import math
+
+    from hwnas.kernels import FEATURE_NAMES, Kernel
+
+    shape = tuple(int(v) for v in shape)
+    n = math.prod(shape) / 1e6 if shape else 0.0
+    h, w = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
+    c = shape[1] if len(shape) >= 2 else 1
+    f = {k: 0.0 for k in FEATURE_NAMES}
+    f.update(batch=float(shape[0]) if shape else 1.0, hin=h, win=w, hout=h, wout=w, cin=c, cout=c, n_inputs=1.0,
+             elementwise=n, in_elems=n, out_elems=n)
+    return Kernel(kind, [], {k: float(v) for k, v in f.items()})
 
 
 def apply_layout(kernels: Sequence[Any], graph: OpGraph, rules: LayoutRules | None,
-                 inputs_in_group: bool = False) -> list[Any]:
+                 inputs_in_group: bool = False, output_returned: bool = True) -> list[Any]:
     """``kernels`` with each kernel of a ``rules.variants`` type whose first op reads a plain tensor renamed to
-    its layout type (``maxpool`` → ``maxpool@dense``); other kernels unchanged (the same objects). Graph inputs:
-    see :func:`groups`."""
-    if rules is None or not rules.variants:
+    its layout type (``maxpool`` → ``maxpool@dense``), other kernels unchanged (the same objects), and, when
+    ``rules.conversions``, one kernel per conversion (:func:`conversion_tensors`, :func:`tensor_kernel`) after
+    them. Graph inputs and output: see :func:`conversion_tensors`."""
+    if rules is None or not (rules.variants or rules.conversions):
         return list(kernels)
     heads = plain_input_heads(graph, rules, inputs_in_group)
     out = []
@@ -201,4 +243,7 @@ def apply_layout(kernels: Sequence[Any], graph: OpGraph, rules: LayoutRules | No
         if k.type in rules.variants and k.nodes and k.nodes[0].name in heads:
             k = dataclasses.replace(k, type=k.type + rules.suffix)
         out.append(k)
+    if rules.conversions:
+        out += [tensor_kernel(kind, shape)
+                for kind, _, shape in conversion_tensors(graph, rules, inputs_in_group, output_returned)]
     return out

@@ -30,8 +30,8 @@ import numpy as np
 from hwnas.device import explain_differences, fingerprint, isa_level, same_device
 from hwnas.errors import PredictorFileError, UnknownKernelError
 from hwnas.graph import OpGraph, capture
-from hwnas.kernels import (FEATURE_NAMES, KERNEL_MODEL_VERSION, FusionRules, Kernel, LayoutRules, apply_layout,
-                           detect_kernels)
+from hwnas.kernels import (CONVERSION_TYPES, FEATURE_NAMES, KERNEL_MODEL_VERSION, FusionRules, Kernel, LayoutRules,
+                           apply_layout, detect_kernels)
 from hwnas.predictor._canonical import rekey, sample_counts, winners
 from hwnas.predictor._format import predictor_checksum, read_predictor, write_predictor
 from hwnas.predictor._registry import (AUTO, PredictorEntry, Selection, adapt_command, embedded_dir,
@@ -218,7 +218,8 @@ def _read_layout(entry: Any, name: str, specs: Mapping[str, Any]) -> LayoutRules
         rules = LayoutRules.from_dict(entry)
     except ValueError as e:
         raise PredictorFileError(f"predictor {name!r}: malformed 'layout' entry ({e})") from None
-    missing = sorted(v + rules.suffix for v in rules.variants if v + rules.suffix not in specs)
+    missing = sorted([v + rules.suffix for v in rules.variants if v + rules.suffix not in specs]
+                     + [t for t in (CONVERSION_TYPES if rules.conversions else ()) if t not in specs])
     if missing:
         raise PredictorFileError(f"predictor {name!r}: its layout rules name kernel types without a regressor: "
                                  f"{missing}")
@@ -312,10 +313,12 @@ class LatencyPredictor:
         return {t: {k: v for k, v in spec.items() if k != "regressor"} for t, spec in self._specs.items()}
 
     # -- kernels ----------------------------------------------------------------------------------------------------
-    def graph_kernels(self, graph: OpGraph, inputs_in_group: bool = False) -> list[Kernel]:
-        """Kernels of an op graph under this predictor's fusion rules (and layout rules, when it has them; with
-        ``inputs_in_group`` the graph's inputs are in the backend's layout, as a block's input inside a network)."""
-        return apply_layout(detect_kernels(graph, self.rules), graph, self.layout, inputs_in_group)
+    def graph_kernels(self, graph: OpGraph, inputs_in_group: bool = False, output_returned: bool = True
+                      ) -> list[Kernel]:
+        """Kernels of an op graph under this predictor's fusion rules, and its layout rules when it has them
+        (:func:`hwnas.kernels.apply_layout`: with ``inputs_in_group`` the graph's inputs are in the backend's
+        layout, and with ``output_returned=False`` its output is read inside a network, as for a block)."""
+        return apply_layout(detect_kernels(graph, self.rules), graph, self.layout, inputs_in_group, output_returned)
 
     def kernels(self, model: Any, model_type: str = "torch",
                 input_shape: Sequence[int] | None = None) -> list[Kernel]:
@@ -362,7 +365,7 @@ class LatencyPredictor:
         for i, k in enumerate(kernels):
             if k.type in self._specs:
                 by_type.setdefault(k.type, []).append(i)
-            elif k.type in self.zero_cost_kernels or all(op in self.zero_cost_ops for op in k.ops):
+            elif k.type in self.zero_cost_kernels or (k.ops and all(op in self.zero_cost_ops for op in k.ops)):
                 continue   # declared free on this backend
             else:
                 reason = self._unsupported.get(k.type)

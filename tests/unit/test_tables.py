@@ -61,6 +61,9 @@ def fake_predictor(rules: list[list[str]] | None = None, overhead_ms: float = 0.
     for v in (layout or {}).get("variants", []):
         regressors[v + "@dense"] = _Linear(list(5 * regressors[v].coef), 5 * regressors[v].intercept)
         kernels[v + "@dense"] = kernels[v]
+    for t in ("to_backend", "to_plain") if (layout or {}).get("conversions") else ():
+        regressors[t] = _Linear(list(rng.uniform(0.005, 0.1, size=len(FEATURES))), 0.002)
+        kernels[t] = {"features": FEATURES, "target": "ms"}
     meta = {"name": name, "version": "0", "backend": "fake", "units": "ms", "batch_size": 1,
             "fusion_rules": RULES if rules is None else rules, "zero_cost_ops": ["dropout", "identity"],
             "model_overhead_ms": overhead_ms, "kernels": kernels}
@@ -118,10 +121,12 @@ def test_table_equals_whole_subnet_prediction_224px(pred, name):
 @pytest.mark.parametrize("name", ["spos", "proxyless"])
 def test_a_predictor_with_layout_rules_keeps_the_table_exact(name):
     # a block priced alone reads a plain graph input; inside the network its input has its predecessor's
-    # layout (a ProxylessNAS block reads a convolution's oneDNN tensor, so its residual add is no plain-input add)
+    # layout (a ProxylessNAS block reads a convolution's oneDNN tensor, so its residual add is no plain-input add),
+    # and its output is converted (or not) by the block that reads it
     from hwnas.kernels import TORCHSCRIPT_ONEDNN, LayoutRules
 
-    layout = LayoutRules.from_dict(TORCHSCRIPT_ONEDNN).with_variants(["add", "relu", "bn", "maxpool"]).to_dict()
+    layout = LayoutRules.from_dict(TORCHSCRIPT_ONEDNN).with_variants(["add", "relu", "bn", "maxpool"],
+                                                                      conversions=True).to_dict()
     pred = fake_predictor([], layout=layout)
     space = ss.create_space(name, **SMALL[name]).eval()
     table = LatencyTable.build(space, pred, (1, 3, 32, 32))
@@ -132,6 +137,10 @@ def test_a_predictor_with_layout_rules_keeps_the_table_exact(name):
         types = {r["type"] for r in pred.predict_kernels(ss.build_subnet(space, ss.random_arch(space, 0)), "torch",
                                                          (1, 3, 32, 32))}
         assert "add" in types and "add@dense" not in types
+    else:   # channel shuffles and concats are plain: every block converts
+        types = [r["type"] for r in pred.predict_kernels(ss.build_subnet(space, ss.random_arch(space, 0)), "torch",
+                                                         (1, 3, 32, 32))]
+        assert types.count("to_backend") > 5 and types.count("to_plain") > 5
 
 
 def test_overhead_counted_once(small, pred):

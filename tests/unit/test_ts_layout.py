@@ -123,3 +123,37 @@ def test_a_predictor_with_layout_rules_prices_the_plain_input_pool_with_its_own_
 def test_layout_rules_naming_a_type_without_a_regressor_are_refused(tmp_path):
     with pytest.raises(PredictorFileError, match="maxpool@dense"):
         load_latency_predictor(_predictor(tmp_path, with_variant=False))
+
+
+def test_conversions_become_kernels_when_the_rules_price_them():
+    g = capture(_Inception().eval(), "torch", (1, 16, 8, 8))
+    kernels = detect_kernels(g, FusionRules([]))
+    priced = apply_layout(kernels, g, RULES.with_variants([], conversions=True))
+    extra = [k for k in priced if not k.nodes]
+    assert sorted(k.type for k in extra) == sorted(["to_backend"] * 2 + ["to_plain"] * 3)
+    assert all(k.features["out_elems"] > 0 for k in extra)
+    # a block inside a network: its group-tensor output is converted by whoever reads it, not by the block
+    inner = apply_layout(kernels, g, RULES.with_variants([], conversions=True), output_returned=False)
+    assert sum(k.type == "to_plain" for k in inner) == 2
+
+
+def test_a_kernel_with_no_ops_is_never_free_by_default(tmp_path):
+    # a conversion kernel has no ops: "all of its ops are free" must not make it cost 0 ms
+    p = load_latency_predictor(_predictor(tmp_path))
+    from hwnas.errors import UnknownKernelError
+    from hwnas.kernels import tensor_kernel
+
+    with pytest.raises(UnknownKernelError):
+        p.kernel_latencies([tensor_kernel("to_plain", (1, 8, 4, 4))])
+
+
+def test_conversion_rules_without_their_regressors_are_refused(tmp_path):
+    types = ["conv", "concat", "maxpool", "relu"]
+    meta = {"name": "layout", "version": "0", "backend": "torchscript-cpu", "device": {"description": "test"},
+            "threads": 1, "batch_size": 1, "precision": "fp32", "units": "ms", "fusion_rules": [],
+            "zero_cost_ops": [], "model_overhead_ms": 0.0,
+            "kernels": {t: {"features": ["out_elems"], "target": "ms"} for t in types},
+            "layout": RULES.with_variants([], conversions=True).to_dict()}
+    path = write_predictor(tmp_path / "p", meta, {t: LinearModel(np.array([1.0]), 0.0) for t in types})
+    with pytest.raises(PredictorFileError, match="to_backend"):
+        load_latency_predictor(path)
