@@ -9,6 +9,10 @@ measures a small probe on this machine and transfers a predictor of another mach
 2. **Source**: every installed predictor of the backend predicts the probe networks; the one whose ratio
    measured/predicted varies least (:func:`hwnas.builder._transfer.similarity`) is the source, unless
    ``source`` names one.
+   On a backend with layout rules (``torchscript-cpu``), the kernels of the probe networks that read a tensor
+   outside the backend's layout, and the layout conversions, are measured here (about 10% of the budget,
+   :func:`hwnas.builder._variants.with_layout_variants`) and added to the source as this machine's own types:
+   never transferred.
 3. **Probe kernels**: kernels of the probe networks under the source's fusion rules, spread over each type's
    size range, round-robin over the types, timed in context (:func:`hwnas.builder._build.measure_in_context`)
    until the kernel share of the budget is spent.
@@ -29,19 +33,21 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from hwnas.builder._protocol import DEFAULT_PROTOCOL, MeasureProtocol
 from hwnas.errors import HwnasError
+from hwnas.kernels import LAYOUT_RULES
 from hwnas.files import atomic_write
 
 #: Resolutions of the probe networks (small: the probe must be cheap) and networks per family.
 PROBE_RESOLUTIONS = (96, 112, 128, 144, 160)
 NETWORKS_PER_FAMILY = 8
-#: Shares of the time budget: networks, then kernels; the rest is reserved for capture and fitting.
-NETWORK_SHARE, KERNEL_SHARE = 0.5, 0.38
+#: Shares of the time budget: networks, then layout variants (backends with layout rules), then kernels; the rest
+#: is reserved for capture and fitting.
+NETWORK_SHARE, LAYOUT_SHARE, KERNEL_SHARE = 0.5, 0.1, 0.28
 #: Probe kernels per kernel type, at most.
 KERNELS_PER_TYPE = 24
 #: A probe kernel enters the transfer fit only if its in-context time is at least this share of the prefix's
@@ -311,12 +317,21 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
         + (f"; others: " + ", ".join(f"{n} {s['spread']:.3f}" for n, s in scores.items() if n != source.name)
            if len(scores) > 1 else "") + ")")
 
+    # 2b. on a backend with layout rules: this machine's own kernels that read a plain tensor, and conversions
+    original, native = source, set()
+    if be.name in LAYOUT_RULES and source.layout is None:
+        from hwnas.builder._variants import with_layout_variants
+
+        minutes = (_deadline(start, budget, NETWORK_SHARE + LAYOUT_SHARE) - time.monotonic()) / 60
+        source, native, note = with_layout_variants(be, source, nets, raw, cfg.protocol, minutes, progress)
+        say(f"adapt: {note}")
+
     # 3. probe kernels under the source's fusion rules
     bare = _bare(source)
     kernel_lists = [bare.graph_kernels(g) for g in graphs]
-    specs = probe_kernel_specs(bare, kernel_lists)
+    specs = probe_kernel_specs(bare, [[k for k in ks if k.type not in native] for ks in kernel_lists])
     kms = measure_kernel_probes(be, raw / "kernels.jsonl", specs, cfg.protocol,
-                                _deadline(start, budget, NETWORK_SHARE + KERNEL_SHARE), progress)
+                                _deadline(start, budget, NETWORK_SHARE + LAYOUT_SHARE + KERNEL_SHARE), progress)
     probe = [s for s in specs if spec_key(s) in kms]
     if len(probe) >= 2:
         pk = [Kernel(s["type"], spec_nodes(s), kernel_features(spec_nodes(s))) for s in probe]
@@ -336,7 +351,7 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
     meta.update(name=name, version=utc_now()[:10].replace("-", "."), created=utc_now(),
                 device={"description": describe(fp), "fingerprint": fp}, protocol=cfg.protocol.to_dict(),
                 model_overhead_ms=overhead)
-    probe_nets = _ProbeNetworks(bare, kernel_lists, y, overhead, source.metadata.get("calibration"))
+    probe_nets = _ProbeNetworks(bare, kernel_lists, y, overhead, source.metadata.get("calibration"), native)
     kt = transfer if transfer.get("holdout") is not None else None
     heldout_idx = [i for i in range(len(nets)) if i % 3 == 2] if len(nets) >= 6 else []
     fit_idx = [i for i in range(len(nets)) if i not in heldout_idx]
@@ -357,8 +372,8 @@ def adapt(cfg: AdaptConfig, progress: bool = True, log: Callable[[str], None] | 
                              for f in forms}}
         heldout["adapted"] = heldout["forms"][form]
     tr, cal = probe_nets.fit(form, list(range(len(nets))), kt)
-    meta["transfer"] = {**tr, "form": form, "source": source.name, "source_checksum": source.checksum,
-                        "source_device": (source.metadata.get("device") or {}).get("description"),
+    meta["transfer"] = {**tr, "form": form, "source": original.name, "source_checksum": original.checksum,
+                        "source_device": (original.metadata.get("device") or {}).get("description"),
                         "n_kernels": transfer["n_kernels"]}
     if cal is not None:
         meta["calibration"] = cal
@@ -430,8 +445,10 @@ class _ProbeNetworks:
     numpy, exactly as :meth:`hwnas.predictor.LatencyPredictor.kernel_latencies` would price them."""
 
     def __init__(self, bare: Any, kernel_lists: Sequence[Sequence[Any]], y: np.ndarray, overhead_ms: float,
-                 source_calibration: Mapping[str, Any] | None):
+                 source_calibration: Mapping[str, Any] | None, native: Iterable[str] = ()):
         self.kernels, self.y, self.overhead = kernel_lists, np.asarray(y, dtype=float), float(overhead_ms)
+        #: kernel types measured on this machine (layout variants): never transferred, never rescaled
+        self.native = frozenset(native)
         self.source_cal = dict(source_calibration) if source_calibration else None
         self.bare = [bare.kernel_latencies(ks) for ks in kernel_lists]
         self.types = [[k.type for k in ks] for ks in kernel_lists]
@@ -453,6 +470,7 @@ class _ProbeNetworks:
                   "default": list(kernel_transfer["default"])}
         else:
             tr = {"kernel_types": {}, "default": [0.0, 1.0]}
+        tr["kernel_types"].update({t: [0.0, 1.0] for t in self.native})
         cal = None
         if cal_mode.startswith("source") and self.source_cal:
             cal = {k: v for k, v in self.source_cal.items() if k in ("kernel_scale", "kernel_terms", "intercept_ms")}
@@ -462,8 +480,9 @@ class _ProbeNetworks:
         f = float(np.exp(np.median(np.log(np.maximum(self.y[list(idx)] - self.overhead, 1e-6) /
                                           np.maximum(sums, 1e-9)))))
         tr["default"][0] += np.log(f)
-        for v in tr["kernel_types"].values():
-            v[0] += np.log(f)
+        for t, v in tr["kernel_types"].items():
+            if t not in self.native:
+                v[0] += np.log(f)
         if cal is not None:
             cal = {"kernel_scale": dict(cal.get("kernel_scale", {})),
                    "kernel_terms": {t: {n: c * f for n, c in d.items()} for t, d in cal.get("kernel_terms", {}).items()},

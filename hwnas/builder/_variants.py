@@ -118,7 +118,7 @@ def conversion_specs(layout: LayoutRules, models: Iterable[Any], *, max_shapes: 
     return [{"type": "conversion", "shape": list(s), "families": sorted(shapes[s])} for s in chosen[:max_shapes]]
 
 
-def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[str, Any]],
+def measure_variants(backend_name: Any, store_path: Path, specs: Sequence[dict[str, Any]],
                      protocol: MeasureProtocol, *, time_budget_min: float | None = None,
                      progress: bool = True) -> int:
     """Time each pending spec alone on its plain input (minus the call overhead, ms) into ``store_path``;
@@ -134,7 +134,8 @@ def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[s
     def key(spec: dict[str, Any]) -> str:
         return f"conversion:{spec['shape']}" if spec["type"] == "conversion" else spec_key(spec)
 
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name) if isinstance(backend_name, str) else backend_name   # a name or a backend
+    backend_name = getattr(backend, "name", backend_name)
     store = open_store(store_path)
     todo = round_robin(store.pending(list(specs), key=key), key=lambda s: s["type"])
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None
@@ -171,28 +172,25 @@ def measure_variants(backend_name: str, store_path: Path, specs: Sequence[dict[s
     return done
 
 
-def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path | None = None,
-                 seed: int = 0) -> dict[str, Any]:
-    """Fit the variant types measured in ``raw/`` and write them into the predictor at ``out`` (default: in place).
-
-    Raises
-    ------
-    ValueError
-        No variant measurements, or they were taken on another machine than the predictor describes (a predictor
-        prices one machine; adapt it to this one first).
+def fit_variants(raw: Path, layout: LayoutRules, backend: str, seed: int = 0) -> dict[str, Any]:
+    """Fit the variant types and the conversions measured in ``raw/`` (no predictor is touched).
 
     Returns
     -------
     dict
-        ``variants`` (type → kernels fitted on), ``too_few`` (types left out: too few measurements; their kernels
-        keep the in-layout type), ``holdout`` (type → held-out report), ``path``.
+        ``regressors`` and ``kernels`` (type → regressor, type → its metadata entry), ``holdout`` (type →
+        held-out report), ``layout`` (the rules with the fitted variants and conversions), ``variants`` (type →
+        kernels fitted on), ``too_few`` (types left out: too few measurements; their kernels keep the in-layout
+        type) and ``fingerprint`` (of the measuring machine, or None).
+
+    Raises
+    ------
+    ValueError
+        No measurements in ``raw/``.
     """
     from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors, kernel_rows
     from hwnas.builder._store import read_records
-    from hwnas.device import explain_differences, same_device
-    from hwnas.predictor import read_predictor, write_predictor
 
-    meta, regs = read_predictor(predictor)
     rows, _ = kernel_rows(Path(raw), STORE)
     by_type: dict[str, list[tuple[dict, float]]] = {}
     for r in rows:
@@ -205,34 +203,98 @@ def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path |
         raise ValueError(f"no layout-variant measurements in {raw}/{STORE}.jsonl; measure them first")
     measured_on = next((r["fingerprint"] for p in sorted(Path(raw).glob(f"{STORE}*.jsonl*"))
                         for r in read_records(p) if r.get("type") == "device" and r.get("fingerprint")), None)
-    device = meta.get("device") or {}
-    fp = device.get("fingerprint") if isinstance(device, dict) else None
-    if measured_on and fp and not same_device(measured_on, fp):
-        raise ValueError(f"the variants in {raw} were measured on another machine than predictor "
-                         f"{meta.get('name')!r} describes ({explain_differences(fp, measured_on)})")
-    new_regs, kernels, accuracy, unsupported = fit_regressors(by_type, meta["backend"], seed)
-    converts = CONVERSION_TYPES[0] in new_regs
+    regs, kernels, accuracy, unsupported = fit_regressors(by_type, backend, seed)
+    converts = CONVERSION_TYPES[0] in regs
     for t in CONVERSION_TYPES[1:] if converts else ():   # one regressor prices both kinds
-        new_regs[t], kernels[t], accuracy[t] = new_regs[CONVERSION_TYPES[0]], kernels[CONVERSION_TYPES[0]], \
+        regs[t], kernels[t], accuracy[t] = regs[CONVERSION_TYPES[0]], kernels[CONVERSION_TYPES[0]], \
             accuracy[CONVERSION_TYPES[0]]
+    variants = [base_type(t) for t in regs if t.endswith(layout.suffix)]
+    return {"regressors": regs, "kernels": kernels, "holdout": accuracy,
+            "layout": layout.with_variants(variants, conversions=converts),
+            "variants": {t: len(by_type.get(t, pairs)) for t in regs}, "too_few": unsupported,
+            "fingerprint": measured_on}
+
+
+def merge_variants(meta: dict[str, Any], regs: dict[str, Any], fitted: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A predictor's metadata and regressors with :func:`fit_variants`' types and layout entry added (copies,
+    ready for :func:`hwnas.predictor.write_predictor`); a transferred predictor gets the identity transfer for
+    them (they are latencies of the machine it describes)."""
     meta = dict(meta)
-    meta["kernels"] = {**meta["kernels"], **kernels}
+    meta["kernels"] = {t: {k: v for k, v in spec.items() if k != "regressor"}
+                       for t, spec in {**meta["kernels"], **fitted["kernels"]}.items()}
     meta["accuracy"] = dict(meta.get("accuracy") or {})
-    meta["accuracy"]["kernels_holdout"] = {**meta["accuracy"].get("kernels_holdout", {}), **accuracy}
+    meta["accuracy"]["kernels_holdout"] = {**meta["accuracy"].get("kernels_holdout", {}), **fitted["holdout"]}
     if meta.get("transfer"):
         tr = dict(meta["transfer"])
-        tr["kernel_types"] = {**tr.get("kernel_types", {}), **{t: [0.0, 1.0] for t in new_regs}}
+        tr["kernel_types"] = {**tr.get("kernel_types", {}), **{t: [0.0, 1.0] for t in fitted["regressors"]}}
         meta["transfer"] = tr
-    variants = [base_type(t) for t in new_regs if t.endswith(layout.suffix)]
-    meta["layout"] = layout.with_variants(variants, conversions=converts).to_dict()
+    meta["layout"] = fitted["layout"].to_dict()
     for k in ("schema_version", "files"):
         meta.pop(k, None)
-    for spec in meta["kernels"].values():
-        spec.pop("regressor", None)
-    path = write_predictor(out or predictor, meta, {**regs, **new_regs})
-    counts = {t: len(by_type.get(t, pairs)) for t in new_regs}
-    return {"variants": counts,
-            "too_few": unsupported, "holdout": accuracy, "path": str(path)}
+    return meta, {**regs, **fitted["regressors"]}
+
+
+def add_variants(predictor: Path, raw: Path, layout: LayoutRules, *, out: Path | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Fit the variant types measured in ``raw/`` (:func:`fit_variants`) and write them into the predictor at
+    ``out`` (default: in place).
+
+    Raises
+    ------
+    ValueError
+        No variant measurements, or they were taken on another machine than the predictor describes (a predictor
+        prices one machine; adapt it to this one first).
+
+    Returns
+    -------
+    dict
+        ``variants``, ``too_few`` and ``holdout`` of :func:`fit_variants`, and ``path``.
+    """
+    from hwnas.device import explain_differences, same_device
+    from hwnas.predictor import read_predictor, write_predictor
+
+    meta, regs = read_predictor(predictor)
+    fitted = fit_variants(raw, layout, meta["backend"], seed)
+    device = meta.get("device") or {}
+    fp = device.get("fingerprint") if isinstance(device, dict) else None
+    if fitted["fingerprint"] and fp and not same_device(fitted["fingerprint"], fp):
+        raise ValueError(f"the variants in {raw} were measured on another machine than predictor "
+                         f"{meta.get('name')!r} describes ({explain_differences(fp, fitted['fingerprint'])})")
+    path = write_predictor(out or predictor, *merge_variants(meta, regs, fitted))
+    return {"variants": fitted["variants"], "too_few": fitted["too_few"], "holdout": fitted["holdout"],
+            "path": str(path)}
+
+
+def with_layout_variants(backend: Any, source: Any, models: Sequence[Any], raw: Path, protocol: MeasureProtocol,
+                         minutes: float, progress: bool = True) -> tuple[Any, set[str], str]:
+    """``hwnas adapt``'s step: ``source`` (a predictor of another machine) with the layout variants and
+    conversions of ``models`` measured here for at most ``minutes`` (resumable in ``raw/``) added as its own types.
+
+    Returns
+    -------
+    tuple
+        The predictor (``source`` itself when too few were measured), the added kernel types (measured here: an
+        adaptation must not transfer them) and a one-line note of what was added.
+    """
+    from hwnas.kernels import LAYOUT_RULES
+    from hwnas.predictor import LatencyPredictor
+
+    layout = LayoutRules.from_dict(LAYOUT_RULES[backend.name])
+    specs = (variant_specs(source.rules, layout, models, max_per_type=40, progress=False)
+             + conversion_specs(layout, models, max_shapes=80, progress=False))
+    if specs and minutes > 0:
+        measure_variants(backend, raw / f"{STORE}.jsonl", specs, protocol, time_budget_min=minutes,
+                         progress=progress)
+    try:
+        fitted = fit_variants(raw, layout, backend.name)
+    except ValueError:
+        return source, set(), "no layout variants measured (out of time)"
+    meta, regs = merge_variants(source.metadata, source.regressors, fitted)
+    pred = LatencyPredictor(meta, regs, path=source.path)
+    pred._device_checked = True   # a source of another machine is the point of adapting: no warning
+    note = "layout kernel types measured here: " + ", ".join(f"{t} ({n})" for t, n in sorted(fitted["variants"].items()))
+    return pred, set(fitted["regressors"]), note
 
 
 def _conversion_rows(raw: Path) -> list[tuple[dict, float]]:

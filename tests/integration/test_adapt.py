@@ -129,7 +129,8 @@ def test_a_tiny_budget_says_it_had_too_few_measurements(tmp_path):
 def test_the_budget_stops_measuring_and_still_writes_a_predictor(tmp_path, monkeypatch):
     import hwnas.builder._adapt as ad
 
-    monkeypatch.setattr(ad, "KERNEL_SHARE", -ad.NETWORK_SHARE)   # the kernel deadline is the start: none measured
+    # the kernel deadline is the start: none measured
+    monkeypatch.setattr(ad, "KERNEL_SHARE", -(ad.NETWORK_SHARE + ad.LAYOUT_SHARE))
     be = FakeBackend()
     rep = adapt(AdaptConfig(backend=be, out=tmp_path / "b", source=SOURCE, time_budget_min=30, families=SMALL,
                             register=False), progress=False, log=None)

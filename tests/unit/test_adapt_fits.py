@@ -83,3 +83,21 @@ def test_an_adapted_predictor_starts_from_the_source_types_as_loaded(tmp_path):
     write_predictor(tmp_path / "p", {**meta, "name": "adapted-test"}, source.regressors)
     again = load_latency_predictor(tmp_path / "p")
     assert again.kernel_specs == source.kernel_specs
+
+
+def test_kernel_types_measured_here_are_never_transferred_or_rescaled():
+    # a machine twice as slow as the source: the source's types get the factor, the types measured here do not
+    from hwnas.kernels import tensor_kernel
+
+    class _Bare:
+        def kernel_latencies(self, ks):
+            return np.array([k.features["out_elems"] for k in ks])
+
+    nets = [[tensor_kernel("conv", (1, 4 * (i + 1), 10, 10)), tensor_kernel("to_plain", (1, 2, 10, 10))]
+            for i in range(10)]
+    y = np.array([2 * ks[0].features["out_elems"] + ks[1].features["out_elems"] for ks in nets])
+    probe = _adapt._ProbeNetworks(_Bare(), nets, y, 0.0, None, native={"to_plain"})
+    tr, cal = probe.fit("global", list(range(10)), None)
+    assert tr["kernel_types"]["to_plain"] == [0.0, 1.0]
+    assert tr["default"][1] == 1.0 and 1.6 < math.exp(tr["default"][0]) < 2.0   # fitted on the networks' sums
+    assert cal is None
