@@ -14,13 +14,14 @@ started; a failing step is recorded with its error and the run goes on):
    default); the same with ``torch.compile`` runs last (5., ``throughput_compiled``), its compile time being the
    least predictable. Needs NNI (the search spaces are NNI model
    spaces): without it the step is skipped and says so.
-3. ``build``: a small predictor on the backend (``torchscript-cuda`` on the GPU; ``torchscript-cpu`` in the dry
-   run): the builder's kernel sampling and measurement under a time budget, then the fit; the predictor folder
-   is packed as ``predictor.tar.gz``. Kernels are traced and frozen ahead in worker processes
+3. ``build``: two small predictors on the backend (``torchscript-cuda`` on the GPU; ``torchscript-cpu`` in the
+   dry run), kernels at batch 1 (60% of the build time) and at the zoo's batch (``BuildConfig.batch_size``, the
+   rest): the builder's kernel sampling and measurement under a time budget, then the fit; each predictor folder
+   is packed as ``predictor-b<batch>.tar.gz``. Kernels are traced and frozen ahead in worker processes
    (``BuildConfig.compile_workers``: the usable cores minus one on the GPU machine, 2 in the dry run) while the
    main process finishes each compile on the device and times it, one kernel at a time.
 4. ``zoo``: torchvision networks measured end to end on the backend at batch 1 and a larger batch, and priced by
-   the new predictor (at its batch 1): measured ms, predicted ms, relative error.
+   the predictor of that batch: measured ms, predicted ms, relative error.
 
 Everything is written to ``results.json`` under ``--out`` after every step (a run cut short keeps what it had);
 ``--out`` gets at most 3 files (results.json, run.log from run.sh, predictor.tar.gz), the device tool's limit
@@ -219,24 +220,29 @@ def step_build(run: Run) -> dict[str, Any]:
     from hwnas.builder import QUICK_PROTOCOL, BuildConfig, build
 
     cfg = run.cfg
-    out = cfg.out / "build"
     # -1: the cores this process may use minus one (the main process times while the others compile)
     workers = cfg.compile_workers if cfg.compile_workers >= 0 else max(1, len(os.sched_getaffinity(0)) - 1)
-    bcfg = BuildConfig(backend=cfg.backend, out=out, name=f"{cfg.backend}-issue17{'-dry' if cfg.dry_run else ''}",
-                       time_budget_min=cfg.build_minutes, protocol=QUICK_PROTOCOL,
-                       resolutions=(cfg.build_resolution,), space_archs=1 if nni_available() else 0, jitter=0,
-                       adaptive_rounds=0, calibrate=False, register=False,
-                       fusion_rules=[] if cfg.dry_run else None, compile_workers=workers)
-    path = Path(build(bcfg, progress=False))
-    packed = cfg.out / "predictor.tar.gz"
-    with tarfile.open(packed, "w:gz") as tar:
-        tar.add(path, arcname="predictor")
-    lines = [json.loads(line) for f in (out / "raw").glob("*.jsonl") for line in f.open() if line.strip()]
-    kernels = [r for r in lines if r.get("kind") == "kernel"]
-    return {"predictor": str(path), "packed": packed.name, "raw_records": len(lines), "kernels": len(kernels),
-            "compile_workers": workers,
-            # timed modules (two per kernel) measured from a worker's compile, of all the kernels' timed modules
-            "compiled_in_worker": sum(int(r.get("compiled_in_worker", 0)) for r in kernels)}
+    result: dict[str, Any] = {"compile_workers": workers}
+    # one predictor per batch: batch 1 (latency) with 60% of the build time, the zoo's batch with the rest
+    for batch, share in ((1, 0.6), (cfg.zoo_batch, 0.4)):
+        out = cfg.out / f"build-b{batch}"
+        bcfg = BuildConfig(backend=cfg.backend, out=out,
+                           name=f"{cfg.backend}-issue17-b{batch}{'-dry' if cfg.dry_run else ''}",
+                           time_budget_min=cfg.build_minutes * share, protocol=QUICK_PROTOCOL,
+                           resolutions=(cfg.build_resolution,), space_archs=1 if nni_available() else 0, jitter=0,
+                           adaptive_rounds=0, calibrate=False, register=False,
+                           fusion_rules=[] if cfg.dry_run else None, compile_workers=workers, batch_size=batch)
+        path = Path(build(bcfg, progress=False))
+        packed = cfg.out / f"predictor-b{batch}.tar.gz"
+        with tarfile.open(packed, "w:gz") as tar:
+            tar.add(path, arcname=f"predictor-b{batch}")
+        lines = [json.loads(line) for f in (out / "raw").glob("*.jsonl") for line in f.open() if line.strip()]
+        kernels = [r for r in lines if r.get("kind") == "kernel"]
+        result[f"b{batch}"] = {"predictor": str(path), "packed": packed.name, "raw_records": len(lines),
+                               "kernels": len(kernels),
+                               # timed modules (two per kernel) measured from a worker's compile
+                               "compiled_in_worker": sum(int(r.get("compiled_in_worker", 0)) for r in kernels)}
+    return result
 
 
 def step_zoo(run: Run) -> dict[str, Any]:
@@ -248,9 +254,11 @@ def step_zoo(run: Run) -> dict[str, Any]:
 
     cfg = run.cfg
     built = run.results["steps"].get("build", {})
-    predictor = None
+    predictors = {}
     if built.get("status") == "ok":
-        predictor = hwnas.load_latency_predictor(built["result"]["predictor"])
+        for batch in (1, cfg.zoo_batch):
+            if f"b{batch}" in built["result"]:
+                predictors[batch] = hwnas.load_latency_predictor(built["result"][f"b{batch}"]["predictor"])
     rows = []
     for name in cfg.zoo:
         if run.left() < cfg.step_reserve_s["zoo"] / 2:
@@ -265,17 +273,20 @@ def step_zoo(run: Run) -> dict[str, Any]:
                 row[f"measured_ms_b{batch}"] = measure(model, cfg.backend, shape, QUICK_PROTOCOL).ms
             except Exception as e:  # noqa: BLE001 - recorded per model
                 row[f"error_b{batch}"] = f"{type(e).__name__}: {e}"
-        if predictor is not None:
+        for batch, predictor in predictors.items():
             try:
-                pred = predictor.predict(model, input_shape=(1, 3, cfg.zoo_resolution, cfg.zoo_resolution))
-                row["predicted_ms_b1"] = pred
-                if "measured_ms_b1" in row:
-                    row["rel_error_b1"] = pred / row["measured_ms_b1"] - 1.0
+                pred = predictor.predict(model, input_shape=(batch, 3, cfg.zoo_resolution, cfg.zoo_resolution))
+                row[f"predicted_ms_b{batch}"] = pred
+                if f"measured_ms_b{batch}" in row:
+                    row[f"rel_error_b{batch}"] = pred / row[f"measured_ms_b{batch}"] - 1.0
             except Exception as e:  # noqa: BLE001 - e.g. a kernel type the small build never measured
-                row["predict_error"] = f"{type(e).__name__}: {e}"
+                row[f"predict_error_b{batch}"] = f"{type(e).__name__}: {e}"
         rows.append(row)
-    errors = [abs(r["rel_error_b1"]) for r in rows if "rel_error_b1" in r]
-    summary = {"priced": len(errors), "within_10pct": sum(e <= 0.1 for e in errors) / len(errors) if errors else None}
+    summary = {}
+    for batch in (1, cfg.zoo_batch):
+        errors = [abs(r[f"rel_error_b{batch}"]) for r in rows if f"rel_error_b{batch}" in r]
+        summary[f"b{batch}"] = {"priced": len(errors),
+                                "within_10pct": sum(e <= 0.1 for e in errors) / len(errors) if errors else None}
     return {"rows": rows, "summary": summary}
 
 

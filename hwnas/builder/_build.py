@@ -115,7 +115,17 @@ def sample_kernels(cfg: BuildConfig, rules: FusionRules, progress: bool = True) 
                 n["parent_families"] = list(s.get("families", []))
                 keys.add(spec_key(n))
                 extra.append(n)
-    return specs + extra
+    return [with_batch(s, cfg.batch_size) for s in specs + extra] if cfg.batch_size != 1 else specs + extra
+
+
+def with_batch(spec: dict[str, Any], batch: int) -> dict[str, Any]:
+    """A kernel spec (captured at batch 1) at batch ``batch``: the leading dimension of every shape of its ops."""
+    def scaled(shape: Sequence[int]) -> list[int]:
+        return [batch, *shape[1:]] if shape else list(shape)
+
+    ops = [{**o, "input_shapes": [scaled(x) for x in o["input_shapes"]], "output_shape": scaled(o["output_shape"])}
+           for o in spec["ops"]]
+    return {**spec, "ops": ops}
 
 
 def measure_kernels(cfg: BuildConfig, specs: Sequence[dict[str, Any]], progress: bool = True) -> int:
@@ -290,6 +300,9 @@ def calibrate(cfg: BuildConfig, progress: bool = True) -> dict[str, Any]:
     from hwnas.builder._calibrate import calibrate_build
     from hwnas.builder._zoo import measure_zoo, zoo_store_path
 
+    if cfg.batch_size != 1:
+        raise ValueError(f"a build at batch {cfg.batch_size} cannot be calibrated: the zoo networks are timed at "
+                         "batch 1")
     measure_zoo(cfg.backend, zoo_store_path(Path(cfg.out) / "raw"), 0, cfg.protocol, progress=progress)
     return calibrate_build(cfg.out, progress=progress)
 

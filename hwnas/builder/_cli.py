@@ -24,7 +24,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
                       time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
                       space_archs=args.space_archs, register=not args.no_register,
-                      compile_workers=args.compile_workers)
+                      compile_workers=args.compile_workers, batch_size=args.batch_size,
+                      calibrate=args.batch_size == 1 and not args.no_calibrate)
     if args.op_level:   # the op-lookup baseline: every op its own kernel, timed alone
         cfg.fusion_rules, cfg.in_context, cfg.register = [], False, False
     if args.op_level or args.no_calibrate:
@@ -130,6 +131,9 @@ def register_commands(sub: argparse._SubParsersAction, handlers: dict[str, Calla
                    help="trace and freeze kernels ahead in N worker processes; this one finishes and times them one "
                         "at a time (TorchScript backends; -1: the usable cores minus one; default 0: compile each "
                         "kernel right before timing it)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="batch every kernel is timed at (default 1); a build at another batch is not calibrated "
+                        "(the zoo networks are timed at batch 1)")
     p.add_argument("--jitter", type=int, default=1, help="perturbed neighbours per prior kernel")
     p.add_argument("--space-archs", type=int, default=6, help="random subnets per search space in the prior")
     p.add_argument("--adaptive-rounds", type=int, default=1,

@@ -54,6 +54,10 @@ class BuildConfig:
     calibrate : bool
         After fitting, time the zoo networks end to end (pass 0, ``raw/zoo.jsonl``; about 6 min on
         ``onnxruntime-cpu``) and fit the kernel-type calibration (:mod:`hwnas.builder._calibrate`).
+    batch_size : int
+        Batch of every kernel the build times (the prior's kernels, captured at batch 1, are measured at this batch;
+        the predictor's ``batch_size``). The zoo networks are timed at batch 1, so a build at another batch has
+        no calibration (``calibrate`` must be False).
     compile_workers : int
         Worker processes that compile kernels while this process times them (TorchScript backends only;
         :mod:`hwnas.builder._compile_pool`): ``0`` (default) compiles each kernel here, right before timing it;
@@ -80,6 +84,14 @@ class BuildConfig:
     calibrate: bool = True
     register: bool = True
     compile_workers: int = 0
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if self.batch_size != 1 and self.calibrate:
+            raise ValueError(f"a build at batch {self.batch_size} cannot be calibrated: the zoo networks are timed "
+                             "at batch 1 (set calibrate=False, or --no-calibrate)")
 
 
 def default_name(backend: str, fp: dict[str, Any] | None = None) -> str:

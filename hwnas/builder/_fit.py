@@ -219,7 +219,7 @@ def fit_predictor(cfg: BuildConfig, rules: FusionRules, progress: bool = True) -
         "name": cfg.name or default_name(cfg.backend, fp), "version": utc_now()[:10].replace("-", "."),
         "backend": cfg.backend, "device": {"description": describe(fp), "fingerprint": fp},
         "runtime": {k: fp.get(k) for k in ("torch", "onnxruntime", "numpy") if k in fp} or fp.get("runtimes", {}),
-        "threads": cfg.protocol.threads, "batch_size": 1, "precision": "fp32", "units": "ms",
+        "threads": cfg.protocol.threads, "batch_size": cfg.batch_size, "precision": "fp32", "units": "ms",
         "protocol": cfg.protocol.to_dict(), "fusion_rules": rules.to_list(), "zero_cost_ops": ZERO_COST_OPS,
         "model_overhead_ms": model_overhead, "kernels": kernels,
         "accuracy": {"kernels_holdout": accuracy, "n_kernels": sum(len(v) for v in by_type.values())},

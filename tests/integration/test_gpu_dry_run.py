@@ -43,11 +43,17 @@ def test_dry_run_runs_every_step_and_writes_json(tmp_path):
         assert rows == [] and "nni is not importable" in steps["throughput"]["result"]["skipped"]
     assert steps["throughput"]["result"]["errors"] == [] == steps["throughput_compiled"]["result"]["errors"]
     built = steps["build"]["result"]
-    assert (tmp_path / "predictor.tar.gz").is_file() and built["raw_records"] > 0
-    # kernels traced and frozen by 2 compile workers, finished and timed in the main process (as on the GPU)
-    assert built["compile_workers"] == 2 and built["kernels"] > 0 and built["compiled_in_worker"] > 0
+    assert built["compile_workers"] == 2
+    for batch in (1, 4):   # one predictor per batch: latency at batch 1 and at the zoo's batch
+        b = built[f"b{batch}"]
+        assert (tmp_path / f"predictor-b{batch}.tar.gz").is_file() and b["raw_records"] > 0
+        # kernels traced and frozen by 2 compile workers, finished and timed in the main process (as on the GPU)
+        assert b["kernels"] > 0 and b["compiled_in_worker"] > 0
+        meta = json.loads(Path(b["predictor"], "predictor.json").read_text())
+        assert meta["batch_size"] == batch
     zoo = steps["zoo"]["result"]["rows"]
     assert [r["model"] for r in zoo] == ["mobilenet_v3_small", "resnet18"]
     for r in zoo:
         assert r["measured_ms_b1"] > 0 and r["measured_ms_b4"] > 0
-        assert "predicted_ms_b1" in r or "predict_error" in r
+        assert "predicted_ms_b1" in r or "predict_error_b1" in r
+        assert "predicted_ms_b4" in r or "predict_error_b4" in r
