@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +22,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     from hwnas.builder._build import build, fit_only, merge_shards
     from hwnas.builder._config import BuildConfig
 
-    cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
-                      time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
-                      space_archs=args.space_archs, register=not args.no_register,
-                      compile_workers=args.compile_workers, batch_size=args.batch_size,
-                      calibrate=args.batch_size == 1 and not args.no_calibrate)
+    try:
+        cfg = BuildConfig(backend=args.backend, out=Path(args.out), name=args.name,
+                          time_budget_min=args.time_budget_min, shard=args.shard, jitter=args.jitter,
+                          space_archs=args.space_archs, register=not args.no_register,
+                          compile_workers=args.compile_workers, batch_size=args.batch_size,
+                          calibrate=args.batch_size == 1 and not args.no_calibrate)
+    except ValueError as e:   # a bad option: say which, no traceback
+        print(f"hwnas build: error: {e}", file=sys.stderr)
+        return 2
     if args.op_level:   # the op-lookup baseline: every op its own kernel, timed alone
         cfg.fusion_rules, cfg.in_context, cfg.register = [], False, False
     if args.op_level or args.no_calibrate:
@@ -43,7 +48,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.layout_variants:
         from hwnas.builder._variants import layout_variants
 
-        res = layout_variants(cfg)
+        try:
+            res = layout_variants(cfg)
+        except ValueError as e:   # no layout rules for the backend, no predictor in the build
+            print(f"hwnas build: error: {e}", file=sys.stderr)
+            return 2
         fitted = ", ".join(f"{t} ({n})" for t, n in sorted(res["variants"].items()))
         print(f"layout variants added to {res['path']}: {fitted}")
         if res["too_few"]:

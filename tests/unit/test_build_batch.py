@@ -29,3 +29,12 @@ def test_a_batch_build_refuses_a_calibration_at_batch_one():
     assert BuildConfig(batch_size=8, calibrate=False).batch_size == 8
     with pytest.raises(ValueError, match="batch_size"):
         BuildConfig(batch_size=0, calibrate=False)
+
+
+def test_the_build_command_names_a_bad_batch_and_a_backend_without_layout_rules(tmp_path, capsys):
+    from hwnas.cli import main
+
+    assert main(["build", "--out-dir", str(tmp_path), "--batch-size", "0"]) == 2
+    assert "batch_size must be an int >= 1" in capsys.readouterr().err
+    assert main(["build", "--backend", "onnxruntime-cpu", "--out-dir", str(tmp_path), "--layout-variants"]) == 2
+    assert "has no layout rules" in capsys.readouterr().err
