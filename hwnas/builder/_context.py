@@ -44,10 +44,8 @@ def _tensor_shape(graph: OpGraph, source: str) -> tuple[int, ...]:
     return ()
 
 
-def conversion_kernel(kind: str, shape: Sequence[int]) -> Kernel:
-    """A layout conversion of a tensor of ``shape`` as a kernel (type ``kind``; features of the tensor; see
-    :func:`hwnas.kernels.tensor_kernel`)."""
-    return tensor_kernel(kind, shape)
+#: A layout conversion of a tensor of ``shape`` as a kernel of type ``kind`` (features of the tensor).
+conversion_kernel = tensor_kernel
 
 
 def _place_conversions(trace: NodeTrace, kernels: Sequence[Kernel], ms: Any, absorb_layout: bool

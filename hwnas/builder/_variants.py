@@ -88,13 +88,12 @@ def variant_specs(rules: FusionRules, layout: LayoutRules, models: Iterable[Any]
     types = sorted({s["type"] for s in plain.values()})
     out: list[dict[str, Any]] = []
     for t in types:
-        chosen: list[dict[str, Any]] = []
+        chosen: dict[str, dict[str, Any]] = {}
         for group in (plain, near, other):
-            pool = [s for k, s in sorted(group.items()) if s["type"] == t and spec_key(s) not in
-                    {spec_key(c) for c in chosen}]
+            pool = [s for k, s in sorted(group.items()) if s["type"] == t and k not in chosen]
             rng.shuffle(pool)
-            chosen += pool[:max(0, max_per_type - len(chosen))]
-        out += chosen
+            chosen.update((spec_key(s), s) for s in pool[:max(0, max_per_type - len(chosen))])
+        out += chosen.values()
     return out
 
 
@@ -118,7 +117,7 @@ def conversion_specs(layout: LayoutRules, models: Iterable[Any], *, max_shapes: 
     return [{"type": "conversion", "shape": list(s), "families": sorted(shapes[s])} for s in chosen[:max_shapes]]
 
 
-def measure_variants(backend_name: Any, store_path: Path, specs: Sequence[dict[str, Any]],
+def measure_variants(backend: Any, store_path: Path, specs: Sequence[dict[str, Any]],
                      protocol: MeasureProtocol, *, time_budget_min: float | None = None,
                      progress: bool = True) -> int:
     """Time each pending spec alone on its plain input (minus the call overhead, ms) into ``store_path``;
@@ -134,8 +133,9 @@ def measure_variants(backend_name: Any, store_path: Path, specs: Sequence[dict[s
     def key(spec: dict[str, Any]) -> str:
         return f"conversion:{spec['shape']}" if spec["type"] == "conversion" else spec_key(spec)
 
-    backend = get_backend(backend_name) if isinstance(backend_name, str) else backend_name   # a name or a backend
-    backend_name = getattr(backend, "name", backend_name)
+    if isinstance(backend, str):   # a name or a backend object
+        backend = get_backend(backend)
+    backend_name = backend.name
     store = open_store(store_path)
     todo = round_robin(store.pending(list(specs), key=key), key=lambda s: s["type"])
     deadline = time.monotonic() + time_budget_min * 60 if time_budget_min else None

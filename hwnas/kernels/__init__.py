@@ -255,5 +255,5 @@ def _match(graph: OpGraph, head: OpNode, pattern: tuple[str, ...], assigned: set
 
 
 from hwnas.kernels._layout import (CONVERSION_TYPES, LAYOUT_RULES, TORCHSCRIPT_ONEDNN, LayoutRules,  # noqa: E402
-                                   apply_layout, base_type, conversion_tensors, conversions, group_tensors, groups,
+                                   apply_layout, base_type, conversion_tensors, conversions, groups,
                                    output_in_group, plain_input_heads, tensor_kernel)

@@ -149,15 +149,13 @@ def output_in_group(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = 
     return groups(graph, rules, inputs_in_group)[graph.nodes[-1].name] is not None
 
 
-def group_tensors(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> dict[str, bool]:
-    """Tensor name → whether it is a group (backend-layout) tensor (graph inputs: see :func:`groups`)."""
-    return {t: g is not None for t, g in groups(graph, rules, inputs_in_group).items()}
-
-
 def plain_input_heads(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> set[str]:
     """Ops that would join a group but read a plain 4-d tensor (they run on ATen); graph inputs: see
     :func:`groups`."""
-    group = groups(graph, rules, inputs_in_group)
+    return _plain_heads(graph, rules, groups(graph, rules, inputs_in_group))
+
+
+def _plain_heads(graph: OpGraph, rules: LayoutRules, group: dict[str, int | None]) -> set[str]:
     return {n.name for n in graph.nodes
             if n.op in rules.join and n.input_shapes and len(n.input_shapes[0]) == 4
             and any(group.get(i, 0) is None for i in n.inputs)}
@@ -174,7 +172,11 @@ def conversion_tensors(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool
     group) and ``to_plain`` (a group tensor read by a plain op or by another group, or returned). Graph inputs: see
     :func:`groups`; ``output_returned=False`` (a block priced alone, inside a network) leaves the conversion of a
     returned group tensor to whoever reads it."""
-    group = groups(graph, rules, inputs_in_group)
+    return _conversions(graph, rules, groups(graph, rules, inputs_in_group), output_returned)
+
+
+def _conversions(graph: OpGraph, rules: LayoutRules, group: dict[str, int | None],
+                 output_returned: bool) -> list[tuple[str, str, tuple[int, ...]]]:
     shapes: dict[str, tuple[int, ...]] = {}
     alias = {i: i for i in graph.inputs}   # a removed op's output is its input's tensor
     for n in graph.nodes:
@@ -237,7 +239,8 @@ def apply_layout(kernels: Sequence[Any], graph: OpGraph, rules: LayoutRules | No
     them. Graph inputs and output: see :func:`conversion_tensors`."""
     if rules is None or not (rules.variants or rules.conversions):
         return list(kernels)
-    heads = plain_input_heads(graph, rules, inputs_in_group)
+    group = groups(graph, rules, inputs_in_group)   # once: the renames and the conversions both read it
+    heads = _plain_heads(graph, rules, group)
     out = []
     for k in kernels:
         if k.type in rules.variants and k.nodes and k.nodes[0].name in heads:
@@ -245,5 +248,5 @@ def apply_layout(kernels: Sequence[Any], graph: OpGraph, rules: LayoutRules | No
         out.append(k)
     if rules.conversions:
         out += [tensor_kernel(kind, shape)
-                for kind, _, shape in conversion_tensors(graph, rules, inputs_in_group, output_returned)]
+                for kind, _, shape in _conversions(graph, rules, group, output_returned)]
     return out
