@@ -10,7 +10,9 @@ about 32 MB), this measures in one process
 - **cold**: the same kernels with a flush of ``--factor`` times the last-level cache before each run and the
   input re-read (weights from memory, activations in cache, as inside a network whose weights exceed the cache);
   hot and cold blocks alternate, so the two sums are a side-by-side comparison;
-- **profile** (``onnxruntime-cpu`` only): the sum of the optimised nodes' times in ONNX Runtime's profile of the
+- **profile**: on ``torchscript-cpu`` the oneDNN primitives of the compiled network
+  (``hwnas.builder.trace_torchscript``; ops outside oneDNN are not in it), with a table of the weight reorders
+  and of the primitives against an unprofiled run; on ``onnxruntime-cpu`` the sum of the optimised nodes' times in ONNX Runtime's profile of the
   network (``hwnas.builder.trace_onnxruntime``), the raw material of the in-network predictors;
 
 and prints per network and per family the ratio sum / measured of each method, with its Spearman correlation
@@ -66,22 +68,35 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
 
 def _kernel_times(kernels: list, be: str, protocol: Any, factor: float, store: Path, done: dict) -> tuple:
     """(hot sum, cold sum, kernels failed) in ms over ``kernels``, measuring distinct ones not in ``done``."""
-    from hwnas.builder import kernel_module, kernel_spec, measure_cold_in_context, spec_key
+    from hwnas.builder import kernel_module, kernel_spec, measure_cold, measure_cold_in_context, spec_key
+    from hwnas.builder._kernel_modules import _ConversionPair, _Passthrough
     from hwnas.files import append_jsonl
+    from hwnas.kernels import CONVERSION_TYPES
 
     hot = cold = 0.0
     failed = 0
     for k in kernels:
-        spec = kernel_spec(k)
-        key = f"{be}|{spec_key(spec)}"
+        conversion = k.type in CONVERSION_TYPES
+        if conversion:   # a layout conversion: half a to_mkldnn + to_dense pair of its tensor, as the builder prices it
+            f = k.features
+            shape = (int(f["batch"]), int(f["cin"]), int(f["hin"]), int(f["win"]))
+            key = f"{be}|conversion:{list(shape)}"
+        else:
+            spec = kernel_spec(k)
+            key = f"{be}|{spec_key(spec)}"
         if key not in done:
             try:
-                module = kernel_module(spec)
-                r = measure_cold_in_context(module, be, module.input_shape, protocol, factor=factor)
+                if conversion:
+                    m = measure_cold(_ConversionPair(), be, shape, protocol, factor=factor)
+                    b = measure_cold(_Passthrough(), be, shape, protocol, factor=factor)   # per-call overhead
+                    r = {"cold_ms": (m.ms - b.ms) / 2, "hot_ms": (m.hot_ms - b.hot_ms) / 2}
+                else:
+                    module = kernel_module(spec)
+                    r = measure_cold_in_context(module, be, module.input_shape, protocol, factor=factor)
             except Exception as e:  # noqa: BLE001 - one kernel that fails is counted, never fatal
                 r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
             done[key] = r
-            append_jsonl(store, {"key": key, "type": spec["type"], **r})
+            append_jsonl(store, {"key": key, "type": k.type, **r})
         r = done[key]
         if "error" in r:
             failed += 1
@@ -89,6 +104,21 @@ def _kernel_times(kernels: list, be: str, protocol: Any, factor: float, store: P
         hot += r["hot_ms"]
         cold += r["cold_ms"]
     return hot, cold, failed
+
+
+def _ts_profile_table(rows: list[dict[str, Any]]) -> str:
+    """TorchScript profiles: primitives against the unprofiled run of the same process (the profiler's own effect),
+    and the share of the primitives' time spent reordering convolution weights."""
+    out = ["", "torchscript-cpu oneDNN profiles (median profiled run; 'unprof' = same compiled module, no verbose)",
+           f"{'network':20s} {'unprof ms':>9s} {'prof run':>9s} {'prims ms':>9s} {'prims/unprof':>12s} "
+           f"{'wt reorder ms':>13s} {'share':>6s}"]
+    for r in rows:
+        if r.get("profile") is None:
+            continue
+        out.append(f"{r['network']:20s} {r['profile_unprofiled_ms']:9.3f} {r['profile_run_ms']:9.3f} "
+                   f"{r['profile']:9.3f} {r['profile'] / r['profile_unprofiled_ms']:12.3f} "
+                   f"{r['weight_reorder_ms']:13.3f} {r['weight_reorder_ms'] / r['profile']:6.0%}")
+    return "\n".join(out)
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -173,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from hwnas.builder import (DEFAULT_PROTOCOL, QUICK_PROTOCOL, MeasureProtocol, measure, trace_onnxruntime)
+    from hwnas.builder import (DEFAULT_PROTOCOL, QUICK_PROTOCOL, MeasureProtocol, measure, trace_onnxruntime,
+                               trace_torchscript)
     from hwnas.device import describe, fingerprint, last_level_cache_bytes
     from hwnas.files import atomic_write, read_jsonl
     from hwnas.predictor import load_latency_predictor
@@ -201,12 +232,20 @@ def main(argv: list[str] | None = None) -> int:
             trace = trace_onnxruntime(model, shape, runs=5 if args.quick else 20, warmup=5)
             row["profile"] = float(sum(n[2] for n in trace.nodes))
             row["profile_run_ms"] = trace.run_ms
+        elif args.backend == "torchscript-cpu":   # oneDNN primitives only: ops outside oneDNN are not in the sum
+            tt = trace_torchscript(model, shape, runs=3 if args.quick else 5)
+            kinds = tt.by_kind()
+            row.update(profile=tt.primitives_ms, profile_unprofiled_ms=tt.unprofiled_ms,
+                       profile_run_ms=float(np.median(tt.run_ms)), profile_kinds=kinds,
+                       weight_reorder_ms=kinds.get("reorder:weights", 0.0))
         rows.append(row)
     summary = _summary(rows)
     title = (f"{args.backend}, flush {args.factor:g} x {cache / 2**20:.0f} MB LLC; {device}")
     print(title)
     print(f"kernels split by {pred.name}'s rules; kernel protocol {kprot.to_dict()}")
     print(_table(rows, summary))
+    if args.backend == "torchscript-cpu":
+        print(_ts_profile_table(rows))
     if args.json:
         atomic_write(args.json, json.dumps({"device": device, "cache_bytes": cache, "factor": args.factor,
                                             "backend": args.backend, "predictor": pred.name, "rows": rows,

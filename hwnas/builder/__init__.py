@@ -33,6 +33,9 @@ Public API (everything else is private machinery and may change):
 - :func:`measure_cold`, :class:`ColdMeasurement` — a model's latency with its weights out of cache and its input
   in cache (as inside a network whose weights exceed the cache), beside its back-to-back latency (ms);
   :func:`measure_cold_in_context` — the same for a kernel, timed after a 1x1 convolution as the builder times it.
+- :func:`trace_torchscript`, :class:`TorchScriptTrace` — the oneDNN primitives a compiled TorchScript network runs,
+  with their times (ms): each convolution with the reorder of its weights, the layout conversions, and what runs
+  outside oneDNN.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module. Its stages, for benchmarks that re-run one of them: :func:`build_fusion_rules` (the rules a
   build prices with), :func:`sample_kernels` (the kernel specs it measures; :func:`spec_key` names one);
@@ -112,6 +115,8 @@ _LAZY = {
     "NetworkProfile": "hwnas.builder._profile",
     "NodeTrace": "hwnas.builder._profile",
     "trace_onnxruntime": "hwnas.builder._profile",
+    "trace_torchscript": "hwnas.builder._ts_profile",
+    "TorchScriptTrace": "hwnas.builder._ts_profile",
     "profile_from_trace": "hwnas.builder._profile",
     "ort_kernel_groups": "hwnas.builder._profile",
     "InNetworkModel": "hwnas.builder._context",

@@ -45,3 +45,18 @@ def test_a_smoke_run_writes_every_method_for_every_network(tmp_path, capsys):
     assert cw.main(["--networks", "resnet18@32", "--quick", "--store", str(tmp_path / "k.jsonl")]) == 0
     assert (tmp_path / "k.jsonl").read_text().count("\n") == stored
     assert "resnet18@32" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_torchscript_run_times_the_layout_conversions_and_profiles_the_primitives(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert cw.main(["--backend", "torchscript-cpu", "--predictor", "torchscript-cpu-amd-epyc-avx512-f25m17",
+                    "--networks", "googlenet@32", "--quick", "--store", str(tmp_path / "k.jsonl"),
+                    "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["failed"] == 0   # to_backend / to_plain kernels are timed as halves of a conversion pair
+    stored = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
+    assert {"to_backend", "to_plain"} <= {r["type"] for r in stored}
+    assert 0 <= row["weight_reorder_ms"] <= row["profile"]   # weights reorder per run where formats differ
+    assert row["profile_kinds"]["convolution"] > 0
+    assert "oneDNN profiles" in capsys.readouterr().out
