@@ -68,8 +68,7 @@ def _spearman(x: list[float], y: list[float]) -> float | None:
 
 def _kernel_times(kernels: list, be: str, protocol: Any, factor: float, store: Path, done: dict) -> tuple:
     """(hot sum, cold sum, kernels failed) in ms over ``kernels``, measuring distinct ones not in ``done``."""
-    from hwnas.builder import kernel_module, kernel_spec, measure_cold, measure_cold_in_context, spec_key
-    from hwnas.builder._kernel_modules import _ConversionPair, _Passthrough
+    from hwnas.builder import kernel_module, kernel_spec, measure_cold_conversion, measure_cold_in_context, spec_key
     from hwnas.files import append_jsonl
     from hwnas.kernels import CONVERSION_TYPES
 
@@ -87,9 +86,7 @@ def _kernel_times(kernels: list, be: str, protocol: Any, factor: float, store: P
         if key not in done:
             try:
                 if conversion:
-                    m = measure_cold(_ConversionPair(), be, shape, protocol, factor=factor)
-                    b = measure_cold(_Passthrough(), be, shape, protocol, factor=factor)   # per-call overhead
-                    r = {"cold_ms": (m.ms - b.ms) / 2, "hot_ms": (m.hot_ms - b.hot_ms) / 2}
+                    r = measure_cold_conversion(be, shape, protocol, factor=factor)
                 else:
                     module = kernel_module(spec)
                     r = measure_cold_in_context(module, be, module.input_shape, protocol, factor=factor)

@@ -32,7 +32,8 @@ Public API (everything else is private machinery and may change):
   :func:`add_variants`.
 - :func:`measure_cold`, :class:`ColdMeasurement` — a model's latency with its weights out of cache and its input
   in cache (as inside a network whose weights exceed the cache), beside its back-to-back latency (ms);
-  :func:`measure_cold_in_context` — the same for a kernel, timed after a 1x1 convolution as the builder times it.
+  :func:`measure_cold_in_context` — the same for a kernel, timed after a 1x1 convolution as the builder times it;
+  :func:`measure_cold_conversion` — the same for a layout conversion (half a ``to_mkldnn`` + ``to_dense`` pair).
 - :func:`trace_torchscript`, :class:`TorchScriptTrace` — the oneDNN primitives a compiled TorchScript network runs,
   with their times (ms): each convolution with the reorder of its weights, the layout conversions, and what runs
   outside oneDNN.
@@ -136,6 +137,7 @@ _LAZY = {
     "build": "hwnas.builder._build",
     "measure_cold": "hwnas.builder._cold",
     "measure_cold_in_context": "hwnas.builder._cold",
+    "measure_cold_conversion": "hwnas.builder._cold",
     "ColdMeasurement": "hwnas.builder._cold",
     # store
     "register_commands": "hwnas.builder._cli",

@@ -204,3 +204,16 @@ def measure_cold_in_context(model: Any, backend: Any = "onnxruntime-cpu",
     b = measure_cold(base, backend, shape, protocol, **kw)
     return {"cold_ms": a.ms - b.ms, "hot_ms": a.hot_ms - b.hot_ms, "cold_total_ms": a.ms, "hot_total_ms": a.hot_ms,
             "cold_base_ms": b.ms, "hot_base_ms": b.hot_ms}
+
+
+def measure_cold_conversion(backend: Any, shape: Sequence[int], protocol: MeasureProtocol | None = None, *,
+                            cache_bytes: int | None = None, factor: float = FLUSH_FACTOR) -> dict[str, float]:
+    """Cold and hot latency (ms) of one layout conversion of a tensor of ``shape``, priced as the builder prices
+    conversions (:mod:`hwnas.builder._variants`): half of a ``to_mkldnn`` + ``to_dense`` pair, net of the per-call
+    overhead (a module returning a copy of its input). Returns ``cold_ms`` and ``hot_ms``."""
+    from hwnas.builder._kernel_modules import _ConversionPair, _Passthrough
+
+    kw = {"cache_bytes": cache_bytes, "factor": factor}
+    pair = measure_cold(_ConversionPair(), backend, shape, protocol, **kw)
+    base = measure_cold(_Passthrough(), backend, shape, protocol, **kw)
+    return {"cold_ms": (pair.ms - base.ms) / 2, "hot_ms": (pair.hot_ms - base.hot_ms) / 2}
