@@ -25,6 +25,11 @@ from hwnas.errors import UnsupportedOpError
 from hwnas.graph._ir import CANONICAL_OPS, OpGraph, OpNode
 
 
+
+#: Attribute of an op that read some inputs through a single-input concat the graph no longer has: the input
+#: positions (see :func:`drop_no_op_data_movement`).
+COPIED_INPUTS = "copied_inputs"
+
 def _replace(nodes: list[OpNode], drop: set[str], new: dict[str, OpNode]) -> list[OpNode]:
     return [new.get(n.name, n) for n in nodes if n.name not in drop]
 
@@ -206,15 +211,21 @@ def _moves_only_unit_axes(n: OpNode) -> bool:
 
 def drop_no_op_data_movement(graph: OpGraph) -> OpGraph:
     """Remove single-input concats and reshapes read only by a reshape, merge a concat read only by a concat on
-    the same axis into it, and rewrite data-preserving permutes and slices as reshapes."""
+    the same axis into it, and rewrite data-preserving permutes and slices as reshapes.
+
+    A reader of a removed single-input concat keeps the positions of the inputs it read through it in
+    ``attrs[COPIED_INPUTS]``: a concat copies its input, and a backend may run that copy (TorchScript runs it
+    outside its oneDNN groups, which the layout rules of :mod:`hwnas.kernels._layout` read from the mark)."""
     import math
 
     drop: dict[str, str] = {}
+    copies: set[str] = set()   # dropped single-input concats: their readers are marked (COPIED_INPUTS)
     source_shape: dict[str, tuple[int, ...]] = {}   # a dropped node -> the shape its consumers now read
     new: dict[str, OpNode] = {}
     for n in graph.nodes:
         if n.op == "concat" and len(n.inputs) == 1 and tuple(n.input_shapes[0]) == tuple(n.output_shape):
             drop[n.name] = n.inputs[0]
+            copies.add(n.name)
         elif (n.op == "permute" and len(n.input_shapes) == 1 and _moves_only_unit_axes(n)) or (
                 n.op == "slice" and len(n.input_shapes) == 1
                 and math.prod(n.input_shapes[0]) == math.prod(n.output_shape)):
@@ -251,7 +262,11 @@ def drop_no_op_data_movement(graph: OpGraph) -> OpGraph:
         n = merged.get(n.name) or new.get(n.name, n)
         if any(i in drop for i in n.inputs):
             shapes = [_source_shape(drop, source_shape, i, sh) for i, sh in zip(n.inputs, n.input_shapes)]
-            n = OpNode(n.name, n.op, [_follow(drop, i) for i in n.inputs], shapes, n.output_shape, n.attrs)
+            attrs = n.attrs
+            copied = [k for k, i in enumerate(n.inputs) if i in copies]
+            if copied:   # the backend may still run the copy (TorchScript does: a plain op, see hwnas.kernels._layout)
+                attrs = {**attrs, COPIED_INPUTS: sorted(set(attrs.get(COPIED_INPUTS, [])) | set(copied))}
+            n = OpNode(n.name, n.op, [_follow(drop, i) for i in n.inputs], shapes, n.output_shape, attrs)
         nodes.append(n)
     return OpGraph(nodes, graph.inputs, graph.source)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
-from hwnas.graph import OpGraph
+from hwnas.graph import COPIED_INPUTS, OpGraph
 
 #: TorchScript (CPU, frozen, ``optimize_for_inference``) oneDNN groups, in canonical ops:
 #:
@@ -93,6 +93,19 @@ def base_type(ktype: str) -> str:
     return ktype.split("@", 1)[0]
 
 
+def _copied(node: Any) -> frozenset[int]:
+    """Input positions ``node`` reads through a single-input concat the graph passes removed (a copy that runs as a
+    plain op: its reader sees a plain tensor)."""
+    return frozenset(int(k) for k in node.attrs.get(COPIED_INPUTS, ()))
+
+
+def _edges(node: Any, group: Mapping[str, int | None]) -> list[tuple[str, int | None, int | None]]:
+    """``(tensor, group as read, group that wrote it)`` per input of ``node`` that ``group`` knows; an input read
+    through a removed copy is read plain."""
+    copied = _copied(node)
+    return [(i, None if k in copied else group[i], group[i]) for k, i in enumerate(node.inputs) if i in group]
+
+
 def groups(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) -> dict[str, int | None]:
     """Tensor name → the group that writes it (an int), or ``None`` for a plain tensor. Graph inputs are plain,
     or each in a group of its own with ``inputs_in_group`` (a block priced alone whose input, inside its network,
@@ -117,15 +130,17 @@ def groups(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) ->
             parent.append(len(parent))
     via_plain: dict[str, frozenset[int]] = {i: frozenset() for i in graph.inputs}   # groups reaching it via a plain op
     for node in graph.nodes:
-        ins = [i for i in node.inputs if i in group]
-        upstream = frozenset().union(*(via_plain[i] for i in ins)) if ins else frozenset()
+        edges = _edges(node, group)
+        ins = [i for i, _, _ in edges]
+        # a group read through a removed copy reaches this op through a plain op
+        upstream = frozenset().union(*(via_plain[i] for i in ins), (w for _, r, w in edges if r is None and w is not None))
         if node.op in rules.transparent and ins:
-            group[node.name], via_plain[node.name] = group[ins[0]], via_plain[ins[0]]
+            group[node.name], via_plain[node.name] = edges[0][1], upstream
             continue
         eligible = node.op in rules.start or (node.op in rules.join and bool(ins)
-                                               and all(group[i] is not None for i in ins))
+                                               and all(r is not None for _, r, _ in edges))
         blocked = {find(g) for g in upstream}
-        joinable = sorted({find(g) for i in ins if (g := group[i]) is not None} - blocked) if eligible else []
+        joinable = sorted({find(r) for _, r, _ in edges if r is not None} - blocked) if eligible else []
         if joinable:
             g = joinable[0]
             for h in joinable[1:]:
@@ -135,7 +150,7 @@ def groups(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) ->
             parent.append(g)
         else:   # runs plain: every group above it now reaches its readers through a plain op
             group[node.name] = None
-            via_plain[node.name] = upstream.union(g for i in ins if (g := group[i]) is not None)
+            via_plain[node.name] = upstream.union(r for _, r, _ in edges if r is not None)
             continue
         group[node.name] = g
         via_plain[node.name] = upstream
@@ -158,7 +173,7 @@ def plain_input_heads(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool 
 def _plain_heads(graph: OpGraph, rules: LayoutRules, group: dict[str, int | None]) -> set[str]:
     return {n.name for n in graph.nodes
             if n.op in rules.join and n.input_shapes and len(n.input_shapes[0]) == 4
-            and any(group.get(i, 0) is None for i in n.inputs)}
+            and any(group.get(i, 0) is None or k in _copied(n) for k, i in enumerate(n.inputs))}
 
 
 #: Kernel types of the layout conversions: into the backend's layout, and back to a plain tensor.
@@ -190,15 +205,13 @@ def _conversions(graph: OpGraph, rules: LayoutRules, group: dict[str, int | None
         if node.op in rules.transparent:
             continue
         mine = group[node.name]
-        for i in node.inputs:
-            if i not in group:
-                continue
-            src, t = group[i], alias.get(i, i)
+        for i, src, wrote in _edges(node, group):
+            t = alias.get(i, i)
             consumed.add(t)
-            if src is not None and src != mine:
+            if wrote is not None and wrote != mine:   # read by a plain op (a removed copy too) or another group
                 out.setdefault(("to_plain", t), shapes.get(t, ()))
-            if mine is not None and src != mine:
-                out.setdefault(("to_backend", t), shapes.get(t, ()))
+            if mine is not None and src != mine:      # a copy's output is a tensor of its own
+                out.setdefault(("to_backend", t if src is not None or wrote is None else f"{t}#copy"), shapes.get(t, ()))
     if output_returned:
         for n in graph.nodes:
             if group[n.name] is not None and alias[n.name] == n.name and n.name not in consumed:

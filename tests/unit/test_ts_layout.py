@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from hwnas.errors import PredictorFileError
-from hwnas.graph import capture
+from hwnas.graph import COPIED_INPUTS, capture
 from hwnas.kernels import (TORCHSCRIPT_ONEDNN, FusionRules, LayoutRules, apply_layout, base_type, conversions,
                            detect_kernels, plain_input_heads)
 from hwnas.predictor import load_latency_predictor
@@ -54,6 +54,20 @@ class _Residual(nn.Module):
         return torch.relu(self.c1(y) + y)
 
 
+class _DenseLayer(nn.Module):
+    """densenet's first layer of a block: a single-input concat (a copy TorchScript runs) before bn -> relu -> conv,
+    the block input also read by the next concat."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem, self.bn, self.conv = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        z = self.conv(torch.relu(self.bn(torch.cat([y], 1))))
+        return torch.cat([y, z], 1)
+
+
 def _compiled(m, shape):
     with torch.no_grad():
         ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m.eval(), torch.randn(shape))))
@@ -63,7 +77,7 @@ def _compiled(m, shape):
 
 @needs_onednn
 @pytest.mark.parametrize("cls,shape", [(_Inception, (1, 16, 8, 8)), (_SiluResidual, (1, 3, 8, 8)),
-                                       (_Residual, (1, 3, 8, 8))])
+                                       (_Residual, (1, 3, 8, 8)), (_DenseLayer, (1, 3, 8, 8))])
 def test_predicted_conversions_are_the_ones_torchscript_inserts(cls, shape):
     m = cls()
     assert conversions(capture(m.eval(), "torch", shape), RULES) == _compiled(m, shape)
@@ -82,6 +96,15 @@ def test_the_pool_of_a_concat_reads_a_plain_tensor_and_the_pool_of_a_conv_does_n
     assert [g[h].op for h in heads] == ["maxpool"]
     pooled = nn.Sequential(nn.Conv2d(3, 8, 1), nn.MaxPool2d(2)).eval()
     assert plain_input_heads(capture(pooled, "torch", (1, 3, 8, 8)), RULES) == set()
+
+
+def test_a_removed_single_input_concat_still_breaks_the_group_it_sat_in():
+    g = capture(_DenseLayer().eval(), "torch", (1, 3, 8, 8))
+    assert "concat" not in [n.op for n in g.nodes if len(n.inputs) == 1]   # the graph passes removed the copy ...
+    (bn,) = [n for n in g.nodes if n.op == "bn"]
+    assert bn.attrs[COPIED_INPUTS] == [0]                                  # ... and marked its reader
+    assert bn.name in plain_input_heads(g, RULES)                          # which reads a plain tensor
+    assert conversions(g, RULES) == {"to_backend": 2, "to_plain": 2}
 
 
 def test_only_variant_types_are_renamed():
