@@ -31,9 +31,10 @@ def compiled_conversions(model: Any, shape: tuple[int, ...]) -> dict[str, int]:
     return {"to_backend": kinds["aten::to_mkldnn"], "to_plain": kinds["aten::to_dense"]}
 
 
-def check(every: int = 1, offset: int = 0, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per network (every ``every``-th of each family from ``offset``): predicted and compiled conversion counts,
-    plain-input heads by op."""
+def check(every: int = 1, offset: int = 0, progress: bool = True,
+          families: Any = None) -> list[dict[str, Any]]:
+    """One row per network (every ``every``-th of each family from ``offset``; only ``families`` when given):
+    predicted and compiled conversion counts, plain-input heads by op."""
     import gc
 
     from tqdm.auto import tqdm
@@ -48,7 +49,7 @@ def check(every: int = 1, offset: int = 0, progress: bool = True) -> list[dict[s
     models = []
     for m in zoo():   # every N-th of each family, as measure_zoo keeps them
         seen[m.family] += 1
-        if seen[m.family] % every == offset % every:
+        if seen[m.family] % every == offset % every and (not families or m.family in families):
             models.append(m)
     for m in tqdm(models, desc="zoo networks", disable=not progress):
         net = m.build()
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every", type=int, default=2, help="check every N-th network of each zoo family (default: the half the zoo passes measure)")
     ap.add_argument("--offset", type=int, default=0, help="first zoo network to check")
+    ap.add_argument("--families", nargs="*", default=None, help="only these zoo families (default: all)")
     ap.add_argument("--json", default=None, help="write the per-network comparison here")
     args = ap.parse_args(argv)
     if args.every < 1:
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hwnas.device import describe, fingerprint
 
-    rows = check(args.every, args.offset)
+    rows = check(args.every, args.offset, families=args.families)
     print(f"torch {torch.__version__}, compiled on: {describe(fingerprint())}; {len(rows)} zoo networks")
     print(table(rows))
     if args.json:
