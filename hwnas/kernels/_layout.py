@@ -114,7 +114,9 @@ def groups(graph: OpGraph, rules: LayoutRules, inputs_in_group: bool = False) ->
     Ops are placed in topological order. An op that may run in a group joins the groups of its group-tensor
     inputs, merging them, except a group it is reachable from through a plain op (merging it would make a
     cycle: the backend keeps the two groups apart and converts the tensor between them); with no group left a
-    start op opens a new one and a join op runs plain."""
+    start op opens a new one and a join op runs plain. An input an op reads through a single-input concat the
+    graph passes removed (:data:`hwnas.graph.COPIED_INPUTS`) is read plain: TorchScript runs that copy outside
+    its groups (densenet's first layer of each block)."""
     parent: list[int] = []
 
     def find(g: int) -> int:
