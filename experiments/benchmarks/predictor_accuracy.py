@@ -121,6 +121,12 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, se
             by_type.setdefault(t, []).extend(v)
             kept_from_family.append(t)
     regs, kernels, _, _ = fit_regressors(by_type, backend)
+    from hwnas.kernels import CONVERSION_TYPES
+
+    for t in CONVERSION_TYPES:   # layout conversions are priced per tensor shape, not fitted on kernel rows: kept
+        if t in base.regressors and t not in regs:
+            regs[t], kernels[t] = base.regressors[t], base.metadata["kernels"][t]
+            kept_from_family.append(t)
     meta = {k: v for k, v in base.metadata.items() if k not in ("kernels", "calibration", "accuracy")}
     meta["kernels"] = kernels
     if meta.get("layout"):   # the layout variants refitted like the rest: the ones still fitted are the variants
