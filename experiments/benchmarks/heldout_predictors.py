@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,18 @@ def _predictors(backend: str, extra: list[str]) -> list[Any]:
 
 
 def _table(rows: list[dict[str, Any]], noise: float) -> str:
-    head = f"{'predictor':46s} {'describes':44s} {'here':>4s} {'±10%':>6s} {'RMSPE':>7s} {'ratio':>6s}"
+    names = [r["source"] for r in rows]
+    shown = []
+    for r, name in zip(rows, names):
+        if names.count(name) > 1 and r.get("path"):   # two predictors of one name: say which folder
+            p = Path(r["path"])
+            name = f"{name} ({p.parent.name if p.name == 'predictor' else 'installed'})"
+        shown.append(name)
+    w = max([46] + [len(n) for n in shown])
+    head = f"{'predictor':{w}s} {'describes':44s} {'here':>4s} {'±10%':>6s} {'RMSPE':>7s} {'ratio':>6s}"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['source']:46s} {r['describes'][:44]:44s} {'yes' if r['here'] else 'no':>4s} "
+    for r, name in zip(rows, shown):
+        lines.append(f"{name:{w}s} {r['describes'][:44]:44s} {'yes' if r['here'] else 'no':>4s} "
                      f"{r['within10']:5.0f}% {r['rmspe']:6.1f}% {r['median_ratio']:6.2f}")
     lines.append(f"noise ceiling (two passes agree within ±10%): {noise:.0f}%")
     return "\n".join(lines)
