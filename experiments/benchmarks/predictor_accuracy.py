@@ -103,6 +103,7 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, se
     """The base predictor refitted without the kernels only ``family`` brought in (and without every neighbour
     whose source may be ``family``)."""
     from hwnas.builder import MIN_FIT_SAMPLES, fit_regressors
+    from hwnas.kernels import CONVERSION_TYPES
     from hwnas.predictor import LatencyPredictor
 
     def own(r: dict[str, Any]) -> bool:
@@ -121,8 +122,6 @@ def _lofo_predictor(base: Any, rows: list[dict[str, Any]], parents: dict[str, se
             by_type.setdefault(t, []).extend(v)
             kept_from_family.append(t)
     regs, kernels, _, _ = fit_regressors(by_type, backend)
-    from hwnas.kernels import CONVERSION_TYPES
-
     for t in CONVERSION_TYPES:   # layout conversions are priced per tensor shape, not fitted on kernel rows: kept
         if t in base.regressors and t not in regs:
             regs[t], kernels[t] = base.regressors[t], base.metadata["kernels"][t]

@@ -113,7 +113,7 @@ def _weight_shape(d: dict[str, int]) -> set[tuple[int, ...]]:
     """Shapes oneDNN prints for a convolution's weights: ``oc x ic x kh x kw``, or per group for grouped ones."""
     oc, ic, g = d.get("oc", 0), d.get("ic", 0), d.get("g", 1)
     kh, kw = d.get("kh", 1), d.get("kw", 1)
-    return {(oc, ic // max(g, 1), kh, kw), (g, oc // max(g, 1), ic // max(g, 1), kh, kw), (oc, 1, 1, kh, kw)}
+    return {(oc, ic // max(g, 1), kh, kw), (g, oc // max(g, 1), ic // max(g, 1), kh, kw)}
 
 
 @dataclasses.dataclass
@@ -154,11 +154,17 @@ class TorchScriptTrace:
     def by_kind(self) -> dict[str, float]:
         """Median-run time per primitive kind, ms; weight reorders are ``reorder:weights``."""
         out: dict[str, float] = {}
-        weights = {id(p) for c in self._groups(self._median_run()) for p in c[1]}
-        for p in self._median_run():
+        run = self._median_run()
+        weights = self._weight_reorders(run)
+        for p in run:
             k = "reorder:weights" if id(p) in weights else p.kind
             out[k] = out.get(k, 0.0) + p.ms
         return out
+
+    @classmethod
+    def _weight_reorders(cls, run: Sequence[Primitive]) -> set[int]:
+        """``id`` of every reorder of ``run`` that reorders a convolution's weights."""
+        return {id(p) for _, w, _ in cls._groups(run) for p in w}
 
     @staticmethod
     def _groups(run: Sequence[Primitive]) -> list[tuple[Primitive, list[Primitive], list[Primitive]]]:
@@ -188,7 +194,7 @@ class TorchScriptTrace:
         """Activation reorders of the median run (shape, ms): reorders whose tensor has the input's batch and are
         no convolution's weights."""
         run = self._median_run()
-        weights = {id(p) for c in self._groups(run) for p in c[1]}
+        weights = self._weight_reorders(run)
         batch = self.input_shape[0] if self.input_shape else 1
         return [(p.shape(), p.ms) for p in run
                 if p.kind == "reorder" and id(p) not in weights and p.shape()[:1] == (batch,)]
@@ -266,6 +272,7 @@ def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, 
             fn()
             t.append((time.perf_counter() - t0) * 1e3)
         wall: list[float] = []
+        libc = ctypes.CDLL(None)   # flushes oneDNN's C stdio buffer before each run mark
         with tempfile.TemporaryDirectory() as tmp:
             log = os.path.join(tmp, "onednn.log")
             with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
@@ -273,7 +280,7 @@ def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, 
                     t0 = time.perf_counter()
                     fn()
                     wall.append((time.perf_counter() - t0) * 1e3)
-                    ctypes.CDLL(None).fflush(None)
+                    libc.fflush(None)
                     os.write(1, f"{_RUN_MARK}{len(wall)}\n".encode())
             with open(log, encoding="utf-8", errors="replace") as f:
                 text = f.read()
