@@ -6,13 +6,16 @@ From ONNX Runtime traces of whole networks (:class:`~hwnas.builder._profile.Node
   time, and each layout conversion as a kernel of its own (``to_blocked``/``to_plain``);
 - :func:`derive_fusion_rules` — the op chains ONNX Runtime ran as one node in most of the places they occur:
   fusion rules read from compiled, profiled networks instead of a fusion test on isolated chains;
-- :class:`InNetworkModel` — one regressor per kernel type fitted on those labels, plus a network term
-  (``a + b * kernels + c * Mweights``, ms, sums over kernels); it prices a graph under the derived rules, with the conversions
+- :class:`InNetworkModel` — regressors fitted on those labels (one per kernel type; one per main op for the
+  convolutions with an epilogue, :func:`~hwnas.builder._fit.pool_of`), the labels net of the profiler's cost per
+  node (:func:`fit_node_overhead`), plus a network term (``a + b * kernels + c * Mweights``, ms, sums over
+  kernels); it prices a graph under the derived rules, with the conversions
   :func:`~hwnas.builder._layout.layout_conversions` predicts.
 
-A kernel type the labels never showed is priced by its longest fitted prefix (``conv-add-relu`` by ``conv-add``,
-then ``conv``), else by a regressor pooled over all non-MAC kernels; :attr:`InNetworkModel.fallbacks` counts
-these, so an evaluation can say how often it happened.
+A kernel type the labels never showed is priced by the fallback predictor if one is given, else by its pool's
+regressor, its longest fitted prefix (``conv-add-relu`` by ``conv-add``, then ``conv``), or a regressor pooled
+over all non-MAC kernels; :attr:`InNetworkModel.fallbacks` counts these, so an evaluation can say how often it
+happened.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from hwnas.graph import OpGraph
 from hwnas.kernels import FusionRules, Kernel, detect_kernels, tensor_kernel
 
+from hwnas.builder._fit import pool_of
 from hwnas.builder._layout import ORT_NCHWC, Conversion, layout_conversions
 from hwnas.builder._profile import NodeTrace, ort_kernel_groups, profile_from_trace
 
@@ -161,6 +165,37 @@ def _terms(kernels: Sequence[Kernel], free_types: Iterable[str] = ()) -> tuple[f
     return float(len(priced)), float(sum(k.features["params"] for k in priced))
 
 
+def fit_node_overhead(traces: Sequence[NodeTrace], measured_ms: Sequence[float]) -> float:
+    """The profiler's cost per timed node (ms): the least-squares ``d`` of ``nodes_sum / measured ≈ d * nodes /
+    measured + s`` over the networks (``nodes`` counts the timed nodes and conversions of a trace, ``nodes_sum``
+    their summed times, ``measured`` the unprofiled end-to-end latency), at least 0. A profiled node runs a few
+    microseconds longer than the same node unprofiled; a network of many small nodes is over-labelled by that
+    much per node, which no factor on its kernels corrects. 0 with fewer than 4 networks."""
+    if len(traces) < 4:
+        return 0.0
+    meas = np.asarray(measured_ms, dtype=np.float64)
+    count = np.array([sum(ms > 0 for _, _, ms, _ in t.nodes) + sum(ms > 0 for _, ms, _, _ in t.reorders)
+                      for t in traces], dtype=np.float64)
+    total = np.array([sum(ms for _, _, ms, _ in t.nodes) + sum(ms for _, ms, _, _ in t.reorders) for t in traces])
+    a = np.stack([count / meas, np.ones_like(meas)], axis=1)
+    d, _ = np.linalg.lstsq(a, total / meas, rcond=None)[0]
+    return max(float(d), 0.0)
+
+
+#: A node's label never falls below this share of its profiled time when the per-node overhead is taken off.
+NODE_FLOOR = 0.25
+
+
+def net_of_overhead(trace: NodeTrace, node_ms: float) -> NodeTrace:
+    """``trace`` with ``node_ms`` taken off every timed node and conversion (never below :data:`NODE_FLOOR` of
+    its time): what each would take unprofiled."""
+    if node_ms <= 0:
+        return trace
+    net = lambda ms: max(ms - node_ms, NODE_FLOOR * ms) if ms > 0 else ms   # noqa: E731
+    return dataclasses.replace(trace, nodes=[(n, op, net(ms), a) for n, op, ms, a in trace.nodes],
+                               reorders=[(op, net(ms), src, dst) for op, ms, src, dst in trace.reorders])
+
+
 def _fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Fit the network term ``y - kernel_sum ≈ a + b * kernels + c * Mweights`` (``x`` rows: ``[kernel_sum, 1,
     kernels, Mweights]``; ``y``: measured ms) in relative error (each network weighs as much as any other,
@@ -209,6 +244,10 @@ class InNetworkModel:
         How many kernels of each type were priced by a fallback (since the last fit).
     n_networks : int
         How many networks the network term was fitted on.
+    node_overhead_ms : float
+        The profiler's cost per node taken off every node's time before labelling (:func:`fit_node_overhead`).
+    pools : dict of str to list of str
+        Per pool (``"conv-*"``), the kernel types sharing its regressor (:func:`~hwnas.builder._fit.pool_of`).
     """
 
     rules: FusionRules
@@ -222,11 +261,14 @@ class InNetworkModel:
     free_types: frozenset = frozenset()
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
     n_networks: int = 0
+    node_overhead_ms: float = 0.0
+    pools: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def fit(cls, traces: Sequence[NodeTrace], measured_ms: Sequence[float] | None = None, *, block: int = 0,
             rules: FusionRules | None = None, seed: int = 0, max_rows: int = 250,
-            absorb_layout: bool = False, fallback: Any = None, labels: str = "rules") -> "InNetworkModel":
+            absorb_layout: bool = False, fallback: Any = None, labels: str = "rules", pool: bool = True,
+            node_overhead: bool = True) -> "InNetworkModel":
         """Fit on ``traces`` (and the networks' end-to-end ``measured_ms`` for the overhead line; without them
         the trace's own run time is used). With ``absorb_layout`` the conversions' time is fitted into the
         kernels on their plain side (use ``block=0`` then). ``labels``: ``"rules"`` fits the kernels the rules
@@ -234,29 +276,43 @@ class InNetworkModel:
         node of their own become :attr:`free_types`); ``"groups"`` fits the kernels as ONNX Runtime fused them
         (:func:`trace_labels`). ``fallback``: see the class.
         A kernel type with more than ``max_rows`` labels is fitted on a seeded
-        random sample of that many (the fit's time grows with them)."""
-        from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors
+        random sample of that many (the fit's time grows with them; a pool on four times as many).
+        With ``pool``, convolution types whose other ops are epilogue ops share one regressor per main op
+        (:func:`~hwnas.builder._fit.pool_of`, :attr:`pools`). With ``node_overhead``, the profiler's cost per
+        node (:func:`fit_node_overhead`, against the truths) is taken off every node's time first."""
+        from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors, pool_of
 
         rules = rules if rules is not None else derive_fusion_rules(traces)[0]
+        truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
+        delta = fit_node_overhead(traces, truth) if node_overhead else 0.0
         by_type: dict[str, list[tuple[dict, float]]] = {}
+        members: dict[str, set[str]] = {}
         zeros: dict[str, list[bool]] = {}
         for t in traces:
+            t = net_of_overhead(t, delta)
             rows = rule_labels(t, rules, absorb_layout) if labels == "rules" else trace_labels(t, absorb_layout)
             for k, ms in rows:
                 zeros.setdefault(k.type, []).append(ms <= 0)
                 if ms <= 0:
                     continue
-                by_type.setdefault(k.type, []).append((k.features, ms))
+                key = (pool_of(k.type) if pool else None) or k.type
+                by_type.setdefault(key, []).append((k.features, ms))
+                if key != k.type:
+                    members.setdefault(key, set()).add(k.type)   # a member with labels: priced by its pool
                 if k.type.split("-")[0] not in _MAC_MAIN:
                     by_type.setdefault(POOLED, []).append((k.features, ms))
         free = frozenset(t for t, z in zeros.items() if np.mean(z) >= 0.5)
         rng = random.Random(seed)
-        by_type = {k: (v if len(v) <= max_rows else rng.sample(v, max_rows))
+        cap = {k: (4 if k in members else 1) * max_rows for k in by_type}
+        by_type = {k: (v if len(v) <= cap[k] else rng.sample(v, cap[k]))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
+        pools = {p: sorted(m) for p, m in members.items() if p in specs}
+        for p, m in pools.items():
+            for ktype in m:
+                regressors[ktype], specs[ktype] = regressors[p], specs[p]
         model = cls(rules, block, regressors, specs, absorb_layout=absorb_layout, fallback=fallback,
-                    free_types=free)
-        truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
+                    free_types=free, node_overhead_ms=delta, pools=pools)
         model.fit_network_term([t.graph for t in traces], truth)
         return model
 
@@ -289,6 +345,9 @@ class InNetworkModel:
     def _spec_for(self, ktype: str) -> str:
         if ktype in self.specs:
             return ktype
+        if pool_of(ktype) in self.specs:
+            self.fallbacks[ktype] = self.fallbacks.get(ktype, 0) + 1
+            return pool_of(ktype)
         ops = ktype.split("-")
         for n in range(len(ops) - 1, 0, -1):
             if "-".join(ops[:n]) in self.specs:
@@ -370,7 +429,8 @@ class InNetworkModel:
         # on every backend (dropout, identity) are never priced, not even by a borrowed regressor
         free_ops = {t for t in self.free_types if "-" not in t} | set(ZERO_COST_OPS) | set(_ALWAYS_FREE)
         free_chains = sorted(t for t in self.free_types if "-" in t)
-        own = sorted(t for t in self.specs if t != POOLED and t not in free_ops and t not in free_chains)
+        # a pool's regressor is written once, under each member type (write_predictor stores it once)
+        own = sorted(t for t in self.specs if not t.endswith(POOLED) and t not in free_ops and t not in free_chains)
         regressors = {t: self.regressors[t] for t in own}
         specs = {t: self.specs[t] for t in own}
         scale = {t: float(self.scale) for t in own}
@@ -405,6 +465,8 @@ class InNetworkModel:
                                    "profiled runs), layout conversions in the kernel on their plain side",
                          "overhead": "a + b * kernels + c * Mweights on top of the kernel sum, fitted on "
                                      "end-to-end medians in relative error",
+                         "profiler_ms_per_node": float(self.node_overhead_ms),
+                         "pooled_kernel_types": {p: list(m) for p, m in self.pools.items()},
                          "borrowed_kernel_types": borrowed,
                          "borrowed_from": complete_from.name if complete_from is not None else None},
             # a rule whose kernel type has no regressor and is not free (a prefix no label had) is left out:

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwnas.builder._config import BuildConfig, default_name, utc_now
 from hwnas.graph import OpGraph, fold_batchnorm
-from hwnas.kernels import FusionRules, base_type, kernel_features
+from hwnas.kernels import EPILOGUE_OPS, FusionRules, base_type, kernel_features
 from hwnas.predictor import UNIT_FLOOR
 
 # Features per kernel family (by the main op); the rest use GENERIC.
@@ -25,6 +25,8 @@ CONV = ["hin", "win", "cin", "cout", "hout", "kernel", "stride", "groups", "macs
 FC = ["cin", "cout", "macs", "in_elems", "out_elems"]
 POOL = ["hin", "cin", "hout", "kernel", "stride", "in_elems", "out_elems"]
 GENERIC = ["hin", "cin", "cout", "hout", "n_inputs", "elementwise", "in_elems", "out_elems"]
+#: A pooled convolution regressor (:func:`pool_of`) reads the convolution's features and its epilogue's.
+POOLED_CONV = CONV + [f"epi_{op}" for op in EPILOGUE_OPS]
 ZERO_COST_OPS = ["dropout", "identity"]
 MIN_TREE_SAMPLES = 12
 MIN_FIT_SAMPLES = 3     # fewer successful measurements: no regressor; the type is declared unsupported
@@ -36,7 +38,20 @@ def unit_feature(ktype: str) -> str:
     return "macs" if base_type(ktype).split("-")[0] in ("conv", "dwconv", "fc", "matmul", "mha") else "out_elems"
 
 
+def pool_of(ktype: str) -> str | None:
+    """The pool a kernel type can share a regressor with: ``"conv-*"`` / ``"dwconv-*"`` for a convolution whose
+    other ops are all epilogue ops (:data:`~hwnas.kernels.EPILOGUE_OPS`), else None. Pooled, a kernel size or
+    width one activation variant never showed is learnt from the others (a 7x7 ``dwconv-relu6`` from the 7x7
+    ``dwconv`` kernels), instead of extrapolated from its own few rows."""
+    ops = ktype.split("-")
+    if ops[0] in ("conv", "dwconv") and all(op in EPILOGUE_OPS for op in ops[1:]):
+        return ops[0] + "-*"
+    return None
+
+
 def features_for(ktype: str) -> list[str]:
+    if ktype in ("conv-*", "dwconv-*"):
+        return POOLED_CONV
     main = base_type(ktype).split("-")[0]
     if main in ("conv", "dwconv"):
         return CONV

@@ -46,6 +46,10 @@ FEATURES: dict[str, str] = {
     "in_elems": "elements of the kernel's tensor inputs, in millions",
     "out_elems": "elements of the kernel's output, in millions",
 }
+#: Ops a convolution may run in its epilogue; a kernel's ``epi_<op>`` feature counts that op after its main op,
+#: so one regressor can price a convolution with any of these epilogues (``conv-relu``, ``conv-add-hswish``).
+EPILOGUE_OPS: tuple[str, ...] = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "add")
+FEATURES.update({f"epi_{op}": f"times {op} follows the main op in the kernel" for op in EPILOGUE_OPS})
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 
 #: Version of the graph-to-kernels model (graph passes, fusion matching, features). Part of every predictor's
@@ -168,6 +172,7 @@ def kernel_features(nodes: Sequence[OpNode]) -> dict[str, float]:
         "params": sum(op_params(n, bias=False) for n in nodes) / 1e6,
         "in_elems": sum(_numel(s) for s in ext_inputs) / 1e6,
         "out_elems": _numel(out_shape) / 1e6,
+        **{f"epi_{op}": float(sum(n.op == op for n in nodes[1:])) for op in EPILOGUE_OPS},
     }
 
 

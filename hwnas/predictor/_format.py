@@ -35,7 +35,8 @@ Required (checked on read):
     Per kernel type: the ordered feature names its regressor takes (columns of ``X``), what the regressor
     predicts (with ``"unit_feature"``, one of the features, for ``log_ms_per_unit``; schema 2), and where its arrays are (``kind`` is a key of
     :data:`~hwnas.predictor._regressors.REGRESSOR_KINDS`; ``prefix`` names its arrays in ``regressors.npz``).
-    ``regressor`` is filled in by :func:`write_predictor`.
+    ``regressor`` is filled in by :func:`write_predictor`. Types sharing one regressor (a pool of convolutions
+    with different epilogues) share its prefix: its arrays are stored once.
 ``files`` : {file name: sha256 hex}
     Digest of every data file, at least ``"regressors.npz"``; filled in by :func:`write_predictor`.
 
@@ -170,6 +171,7 @@ def write_predictor(path: str | os.PathLike, metadata: Mapping[str, Any],
                          f"regressors only {sorted(set(regressors) - set(kernels))}")
     arrays: dict[str, np.ndarray] = {}
     used: set[str] = set()
+    written: dict[int, str] = {}   # id of a regressor -> its prefix: one shared by several types is stored once
     for ktype in sorted(kernels):
         if not isinstance(kernels[ktype], dict):
             raise ValueError(f"metadata['kernels'][{ktype!r}] must be a dict with 'features' and 'target'")
@@ -178,9 +180,10 @@ def write_predictor(path: str | os.PathLike, metadata: Mapping[str, Any],
         if REGRESSOR_KINDS.get(kind) is not type(reg):
             raise TypeError(f"kernel {ktype!r}: {type(reg).__name__} is not a known regressor kind "
                             f"({', '.join(REGRESSOR_KINDS)})")
-        prefix = _prefix(ktype, used)
-        kernels[ktype]["regressor"] = {"kind": kind, "prefix": prefix}
-        arrays.update(reg.to_arrays(prefix))
+        if id(reg) not in written:
+            written[id(reg)] = _prefix(ktype, used)
+            arrays.update(reg.to_arrays(written[id(reg)]))
+        kernels[ktype]["regressor"] = {"kind": kind, "prefix": written[id(reg)]}
     npz = _npz_bytes(arrays)
     meta["schema_version"] = SCHEMA_VERSION
     meta["files"] = {_NPZ: hashlib.sha256(npz).hexdigest()}
@@ -277,11 +280,15 @@ def read_predictor(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, A
     where = f"{label}/{_NPZ}"
     arrays = _load_npz(blobs[_NPZ], where)
     regressors: dict[str, Any] = {}
+    loaded: dict[tuple[str, str], Any] = {}   # (kind, prefix) -> regressor: types sharing one get one object
     for ktype, spec in meta["kernels"].items():
         reg_spec = spec["regressor"]
         cls = REGRESSOR_KINDS[reg_spec["kind"]]
+        key = (reg_spec["kind"], reg_spec["prefix"])
         try:
-            reg = cls.from_arrays(arrays, reg_spec["prefix"])
+            if key not in loaded:
+                loaded[key] = cls.from_arrays(arrays, reg_spec["prefix"])
+            reg = loaded[key]
         except PredictorFileError as e:
             raise PredictorFileError(f"{where}: kernel {ktype!r}: {e}") from None
         if reg.n_features != len(spec["features"]):

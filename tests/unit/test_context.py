@@ -229,3 +229,59 @@ def test_a_trace_stored_before_a_graph_pass_reads_as_a_fresh_trace(monkeypatch):
     assert [(k, s, t) for k, _, s, t in again.reorders] == [(k, s, t) for k, _, s, t in fresh.reorders]
     kernels, ms = ort_kernel_groups(again)                 # no node time lost on the way
     assert ms.sum() == pytest.approx(sum(n[2] for n in again.nodes if n[3] is not None), rel=1e-12)
+
+
+def test_pool_of_groups_convolutions_by_main_op_when_the_rest_is_an_epilogue():
+    from hwnas.builder._fit import POOLED_CONV, features_for, pool_of
+
+    assert pool_of("conv-relu") == pool_of("conv-add-relu") == pool_of("conv") == "conv-*"
+    assert pool_of("dwconv-relu6") == "dwconv-*"
+    assert pool_of("conv-maxpool") is None and pool_of("fc-relu") is None and pool_of("add-relu") is None
+    assert features_for("conv-*") == POOLED_CONV and "epi_add" in POOLED_CONV
+
+
+def test_pooled_convolutions_share_one_regressor_and_a_written_predictor_stores_it_once(traces, tmp_path):
+    from hwnas.device import fingerprint
+    from hwnas.predictor._format import read_predictor
+
+    model = InNetworkModel.fit(traces, block=0, absorb_layout=True)
+    assert {"conv-relu", "conv-add-relu"} <= set(model.pools["conv-*"])
+    assert model.regressors["conv-relu"] is model.regressors["conv-add-relu"] is model.regressors["conv-*"]
+    alone = InNetworkModel.fit(traces, block=0, absorb_layout=True, pool=False)
+    assert not alone.pools and alone.regressors["conv-relu"] is not alone.regressors["conv-add-relu"]
+    # the epilogue is a feature of the pooled regressor: the same convolution with and without the residual add
+    kernels = {k.type: k for k in model.kernels(traces[0].graph)}
+    assert kernels["conv-add-relu"].features["epi_add"] == 1 and kernels["conv-relu"].features["epi_add"] == 0
+    meta, regs = read_predictor(model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-pooled"))
+    prefixes = {meta["kernels"][t]["regressor"]["prefix"] for t in model.pools["conv-*"]}
+    assert len(prefixes) == 1 and "conv-*" not in meta["kernels"]
+    assert meta["protocol"]["pooled_kernel_types"] == model.pools
+    # a convolution type no label showed (relu6 epilogue) is priced by the pool, counted as a fallback
+    from hwnas.kernels import Kernel
+
+    k = kernels["conv-relu"]
+    six = Kernel("conv-relu6", k.nodes, dict(k.features, epi_relu=0.0, epi_relu6=1.0))
+    assert model.kernel_latencies([six])[0] > 0 and model.fallbacks == {"conv-relu6": 1}
+
+
+def test_the_profilers_cost_per_node_is_recovered_and_taken_off_with_a_floor(traces):
+    import dataclasses
+
+    from hwnas.builder._context import NODE_FLOOR, fit_node_overhead, net_of_overhead
+
+    rng = np.random.default_rng(0)
+    made, truth = [], []
+    for i in range(8):           # networks of 5-40 nodes, unprofiled each node 0.01-0.2 ms, profiled 4 µs more
+        n = int(rng.integers(5, 40))
+        ms = rng.uniform(0.01, 0.2, size=n)
+        nodes = [(f"n{j}", "Conv", float(m) + 0.004, None) for j, m in enumerate(ms)]
+        made.append(dataclasses.replace(traces[0], nodes=nodes, reorders=[], run_ms=float(ms.sum() + 0.004 * n)))
+        truth.append(float(ms.sum()) * 1.02)      # the unprofiled run, and a share the profiler does not explain
+    assert fit_node_overhead(made, truth) == pytest.approx(0.004, rel=1e-6)
+    assert fit_node_overhead(made[:3], truth[:3]) == 0.0                 # too few networks to tell
+    t = dataclasses.replace(traces[0], nodes=[("a", "Conv", 1.0, "x"), ("b", "Relu", 0.002, "y"),
+                                              ("c", "Relu", 0.0, "z")], reorders=[("ReorderOutput", 0.5, "x", ["y"])])
+    net = net_of_overhead(t, 0.004)
+    assert [n[2] for n in net.nodes] == pytest.approx([0.996, NODE_FLOOR * 0.002, 0.0])
+    assert net.reorders[0][1] == pytest.approx(0.496) and t.nodes[0][2] == 1.0   # the input trace is untouched
+    assert net_of_overhead(t, 0.0) is t

@@ -50,6 +50,11 @@ def test_features_are_exact():
     assert round(f["in_elems"] * 1e6) == 3 * 32 * 32 and round(f["out_elems"] * 1e6) == 8 * 16 * 16
     dw = detect_kernels(g, RULES)[1]
     assert dw.features["groups"] == 8 and dw.features["macs"] * 1e6 == 8 * 16 * 16 * 25
+    # the epilogue counts: the op after the main op, not the main op itself
+    assert (f["epi_relu"], f["epi_relu6"], f["epi_add"]) == (1, 0, 0)
+    assert (dw.features["epi_relu6"], dw.features["epi_relu"]) == (1, 0)
+    add = detect_kernels(g, RULES)[2]
+    assert add.type == "add" and add.features["epi_add"] == 0
 
 
 def test_op_macs_and_params_fc():

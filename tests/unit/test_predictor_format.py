@@ -84,6 +84,29 @@ def test_round_trip_predicts_identically(pred, regressors):
     assert meta["name"] == "tiny-fmt-µ" and meta["device"]["fingerprint"] == {"cpu_model": "x"}
 
 
+def test_a_regressor_shared_by_two_types_is_stored_once_and_read_back_as_one(tmp_path, regressors):
+    import copy
+
+    def write(second, where):
+        meta = _metadata()
+        meta["kernels"]["conv-bn-relu6"] = {"features": FEATURES["conv-bn-relu"], "target": "log_ms"}
+        return write_predictor(tmp_path / where, meta, dict(regressors, **{"conv-bn-relu6": second}))
+
+    shared = write(regressors["conv-bn-relu"], "shared")
+    copied = write(copy.deepcopy(regressors["conv-bn-relu"]), "copied")
+    meta, regs = read_predictor(shared)
+    prefixes = {t: meta["kernels"][t]["regressor"]["prefix"] for t in ("conv-bn-relu", "conv-bn-relu6")}
+    assert len(set(prefixes.values())) == 1                          # one prefix, one set of arrays
+    assert regs["conv-bn-relu"] is regs["conv-bn-relu6"]
+    x = _x("conv-bn-relu")
+    np.testing.assert_array_equal(regs["conv-bn-relu6"].predict(x), regressors["conv-bn-relu"].predict(x))
+    with np.load(shared / "regressors.npz") as a, np.load(copied / "regressors.npz") as b:
+        assert len(b.files) > len(a.files)                           # a distinct copy is stored twice
+    meta_c, regs_c = read_predictor(copied)
+    assert regs_c["conv-bn-relu"] is not regs_c["conv-bn-relu6"]
+    np.testing.assert_array_equal(regs_c["conv-bn-relu6"].predict(x), regs["conv-bn-relu6"].predict(x))
+
+
 def test_written_files_are_plain_sorted_json_and_a_plain_npz(pred):
     text = (pred / "predictor.json").read_text(encoding="utf-8")
     assert "tiny-fmt-µ" in text and "\n  " in text                    # UTF-8, indented
