@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from hwnas.graph import OpGraph
-from hwnas.kernels import FusionRules, Kernel, detect_kernels, tensor_kernel
+from hwnas.kernels import ACTIVATION_OPS, FusionRules, Kernel, detect_kernels, tensor_kernel
 
 from hwnas.builder._fit import pool_of
 from hwnas.builder._layout import ORT_NCHWC, Conversion, layout_conversions
@@ -247,7 +247,9 @@ class InNetworkModel:
     node_overhead_ms : float
         The profiler's cost per node taken off every node's time before labelling (:func:`fit_node_overhead`).
     pools : dict of str to list of str
-        Per pool (``"conv-*"``), the kernel types sharing its regressor (:func:`~hwnas.builder._fit.pool_of`).
+        Per pool, the kernel types priced by its regressor: per main op (``"conv-*"``), the convolutions with an
+        epilogue (:func:`~hwnas.builder._fit.pool_of`); for ``"eltwise-*"``, the activations without labels of
+        their own.
     """
 
     rules: FusionRules
@@ -278,9 +280,11 @@ class InNetworkModel:
         A kernel type with more than ``max_rows`` labels is fitted on a seeded
         random sample of that many (the fit's time grows with them; a pool on four times as many).
         With ``pool``, convolution types whose other ops are epilogue ops share one regressor per main op
-        (:func:`~hwnas.builder._fit.pool_of`, :attr:`pools`). With ``node_overhead``, the profiler's cost per
+        (:func:`~hwnas.builder._fit.pool_of`, :attr:`pools`), and an activation no label showed is priced by a
+        regressor fitted on all element-wise ops that ran alone (:data:`~hwnas.builder._fit.ACT_POOL`). With
+        ``node_overhead``, the profiler's cost per
         node (:func:`fit_node_overhead`, against the truths) is taken off every node's time first."""
-        from hwnas.builder._fit import MIN_FIT_SAMPLES, fit_regressors, pool_of
+        from hwnas.builder._fit import ACT_POOL, MIN_FIT_SAMPLES, fit_regressors, is_elementwise, pool_of
 
         rules = rules if rules is not None else derive_fusion_rules(traces)[0]
         truth = list(measured_ms) if measured_ms is not None else [t.run_ms for t in traces]
@@ -299,15 +303,19 @@ class InNetworkModel:
                 by_type.setdefault(key, []).append((k.features, ms))
                 if key != k.type:
                     members.setdefault(key, set()).add(k.type)   # a member with labels: priced by its pool
+                if pool and is_elementwise(k.type):
+                    by_type.setdefault(ACT_POOL, []).append((k.features, ms))
                 if k.type.split("-")[0] not in _MAC_MAIN:
                     by_type.setdefault(POOLED, []).append((k.features, ms))
         free = frozenset(t for t, z in zeros.items() if np.mean(z) >= 0.5)
         rng = random.Random(seed)
-        cap = {k: (4 if k in members else 1) * max_rows for k in by_type}
+        cap = {k: (4 if k in members or k == ACT_POOL else 1) * max_rows for k in by_type}
         by_type = {k: (v if len(v) <= cap[k] else rng.sample(v, cap[k]))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
         pools = {p: sorted(m) for p, m in members.items() if p in specs}
+        if ACT_POOL in specs:   # activations without labels of their own (seen ones keep their own regressor)
+            pools[ACT_POOL] = [op for op in ACTIVATION_OPS if op not in specs and op not in free]
         for p, m in pools.items():
             for ktype in m:
                 regressors[ktype], specs[ktype] = regressors[p], specs[p]

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwnas.builder._config import BuildConfig, default_name, utc_now
 from hwnas.graph import OpGraph, fold_batchnorm
-from hwnas.kernels import EPILOGUE_OPS, FusionRules, base_type, kernel_features
+from hwnas.kernels import ACTIVATION_OPS, EPILOGUE_OPS, FusionRules, base_type, kernel_features
 from hwnas.predictor import UNIT_FLOOR
 
 # Features per kernel family (by the main op); the rest use GENERIC.
@@ -47,6 +47,16 @@ def pool_of(ktype: str) -> str | None:
     if ops[0] in ("conv", "dwconv") and all(op in EPILOGUE_OPS for op in ops[1:]):
         return ops[0] + "-*"
     return None
+
+
+#: The pool of the element-wise ops that ran as kernels of their own (activations, ``add``, ``mul``): it prices an
+#: activation no label showed (``silu`` when no training network had one), by its tensor sizes.
+ACT_POOL = "eltwise-*"
+
+
+def is_elementwise(ktype: str) -> bool:
+    """Whether ``ktype`` is a single element-wise op (a member of :data:`ACT_POOL`'s labels)."""
+    return ktype in ACTIVATION_OPS or ktype in ("add", "mul")
 
 
 def features_for(ktype: str) -> list[str]:

@@ -50,6 +50,8 @@ FEATURES: dict[str, str] = {
 #: so one regressor can price a convolution with any of these epilogues (``conv-relu``, ``conv-add-hswish``).
 EPILOGUE_OPS: tuple[str, ...] = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "add")
 FEATURES.update({f"epi_{op}": f"times {op} follows the main op in the kernel" for op in EPILOGUE_OPS})
+#: Unary element-wise ops: one kernel each when no rule fuses them, all costing about the same per element.
+ACTIVATION_OPS: tuple[str, ...] = ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "gelu", "tanh")
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 
 #: Version of the graph-to-kernels model (graph passes, fusion matching, features). Part of every predictor's

@@ -285,3 +285,32 @@ def test_the_profilers_cost_per_node_is_recovered_and_taken_off_with_a_floor(tra
     assert [n[2] for n in net.nodes] == pytest.approx([0.996, NODE_FLOOR * 0.002, 0.0])
     assert net.reorders[0][1] == pytest.approx(0.496) and t.nodes[0][2] == 1.0   # the input trace is untouched
     assert net_of_overhead(t, 0.0) is t
+
+
+class _Gate(nn.Module):
+    """Two convolutions multiplied, then a tanh: ONNX Runtime runs the mul and the tanh as nodes of their own."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(3, c, 1)
+
+    def forward(self, x):
+        return torch.tanh(self.a(x) * self.b(x))
+
+
+def test_an_activation_no_label_showed_is_priced_by_the_elementwise_pool(tmp_path):
+    from hwnas.builder._fit import ACT_POOL
+    from hwnas.device import fingerprint
+    from hwnas.predictor._format import read_predictor
+
+    torch.manual_seed(0)
+    gates = [trace_onnxruntime(_Gate(c).eval(), (1, 3, s, s), runs=3, warmup=1) for c, s in
+             ((8, 16), (8, 24), (16, 16), (16, 24))]
+    model = InNetworkModel.fit(gates, block=0, absorb_layout=True)
+    assert {"mul", "tanh"} <= set(model.specs) and ACT_POOL in model.specs
+    assert model.regressors["mul"] is not model.regressors[ACT_POOL]          # seen ops keep their own
+    assert "silu" in model.pools[ACT_POOL] and "tanh" not in model.pools[ACT_POOL]
+    assert model.regressors["silu"] is model.regressors[ACT_POOL]
+    meta, regs = read_predictor(model.write(tmp_path / "p", fingerprint(), name="onnxruntime-cpu-test-eltwise"))
+    assert meta["kernels"]["silu"]["regressor"] == meta["kernels"]["hswish"]["regressor"]
+    assert ACT_POOL not in meta["kernels"] and regs["silu"] is regs["hswish"]
