@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -115,10 +116,12 @@ def block_pairs() -> list[tuple[str, str]]:
 
 
 def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int = 5,
-             fallback: Any = None, split_pairs: list[tuple[str, str]] = ()) -> dict[str, Any]:
+             fallback: Any = None, split_pairs: list[tuple[str, str]] = (),
+             prior: list[tuple[str, ...]] = ()) -> dict[str, Any]:
     """Fill each row's predictions (``rows``: model, family, side, trace, measured_ms, noise); kernel types the
     training families never showed are priced by ``fallback`` (a predictor of isolated kernels), if given; rules
-    are cut at ``split_pairs`` (:func:`block_pairs`)."""
+    are cut at ``split_pairs`` (:func:`block_pairs`) and start from the backend's probed fusions ``prior``
+    (:func:`fusion_prior`)."""
     from tqdm.auto import tqdm
 
     from hwnas.builder import InNetworkModel, derive_fusion_rules
@@ -130,7 +133,8 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     cache: dict = {}
     for f in tqdm(families, desc="leave one family out"):
         train = [r for r in rows if r["family"] != f]
-        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs)
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs,
+                                       prior=prior)
         rules_by_family[f] = [ "-".join(p) for p in rules.patterns]
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=block,
                                    rules=rules, fallback=fallback)
@@ -153,7 +157,8 @@ def evaluate(rows: list[dict[str, Any]], block: int, predictor: Any, folds: int 
     for k in tqdm(range(folds), desc="5-fold CV"):
         test = set(idx[k::folds])
         train = [rows[i] for i in idx if i not in test]
-        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs)
+        rules, _ = derive_fusion_rules((r["trace"] for r in train), cache=cache, split_pairs=split_pairs,
+                                       prior=prior)
         model = InNetworkModel.fit([r["trace"] for r in train], [r["measured_ms"] for r in train], block=0,
                                    rules=rules, absorb_layout=True, fallback=fallback)
         for i in test:
@@ -196,8 +201,27 @@ def _flops_lofo(rows: list[dict[str, Any]]) -> None:
             rows[i]["flops_lofo"] = float(coef[0] * macs[i] + coef[1])
 
 
+def fusion_prior(rows: list[dict[str, Any]], fp: dict[str, Any]) -> tuple[list[tuple[str, ...]], dict[str, Any]]:
+    """The chains ONNX Runtime fuses, probed here from its compiled graphs (:func:`hwnas.builder.probe_fused_chains`),
+    and a record of the probe. The probe reads the optimiser, not the CPU's speed, so it holds for traces taken on
+    another machine with the same ONNX Runtime version; a different version is refused."""
+    from hwnas.builder import probe_fused_chains
+
+    here = str(fp.get("onnxruntime") or (fp.get("runtimes") or {}).get("onnxruntime") or "")
+    traced = {m.group(1) for r in rows for m in [re.search(r"onnxruntime ([0-9][^ ;,]*)", r["device"] or "")] if m}
+    if not here or traced != {here}:
+        fail(f"the fusion probe runs ONNX Runtime {here or '(not installed)'} here, the traces were taken with "
+             f"{sorted(traced) or 'an unrecorded version'}: its rules would describe another optimiser; run where "
+             "the versions agree, or pass --no-fusion-probe")
+    probe = probe_fused_chains("onnxruntime-cpu")
+    fused = [tuple(r["ops"]) for r in probe if r["fused"]]
+    return fused, {"onnxruntime": here, "fused": ["-".join(c) for c in fused],
+                   "not_fused": ["-".join(r["ops"]) for r in probe if not r["fused"]]}
+
+
 def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: int, fallback: Any,
-           split_pairs: list[tuple[str, str]]) -> None:
+           split_pairs: list[tuple[str, str]], prior: list[tuple[str, ...]] = (),
+           probe: dict[str, Any] | None = None) -> None:
     from hwnas.builder import InNetworkModel, derive_fusion_rules
 
     from hwnas.device import describe
@@ -217,12 +241,12 @@ def _write(rows: list[dict[str, Any]], path: str, fp: dict[str, Any], passes: in
     if fallback is not None and str(fallback.metadata.get("protocol", {}).get("labels", "")).startswith("in-network"):
         fail(f"{fallback.name!r} is itself an in-network predictor; name the isolated-kernel "
                          "predictor to complete it from with --predictor")
-    rules, stats = derive_fusion_rules((r["trace"] for r in rows), split_pairs=split_pairs)
+    rules, stats = derive_fusion_rules((r["trace"] for r in rows), split_pairs=split_pairs, prior=prior)
     model = InNetworkModel.fit([r["trace"] for r in rows], [r["measured_ms"] for r in rows], block=0, rules=rules,
                                absorb_layout=True, fallback=fallback)
     notes = {"in_network": {"networks": len(rows), "families": sorted({r["family"] for r in rows}),
                             "end_to_end_passes": passes, "fusion_rule_evidence": stats,
-                            "rules_cut_at": ["-".join(p) for p in split_pairs],
+                            "rules_cut_at": ["-".join(p) for p in split_pairs], "fusion_probe": probe,
                             "network_term_ms": {"a": model.overhead[0], "b_per_kernel": model.overhead[1],
                                                 "c_per_mweight": model.overhead[2]},
                             "benchmark": "experiments/benchmarks/in_network.py"}}
@@ -330,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-fallback", action="store_true",
                     help="price kernel types the training families lack by prefix / pooled regressors, not by "
                          "the shipped predictor's isolated kernels")
+    ap.add_argument("--no-fusion-probe", action="store_true",
+                    help="derive fusion rules from the training traces alone, not also from ONNX Runtime's "
+                         "compiled graphs of small chains (the ablation)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--accuracy-json", default=None, metavar="PATH",
                     help="also write the summary in predictor_accuracy's keys (a build's accuracy.json)")
@@ -364,11 +391,16 @@ def main(argv: list[str] | None = None) -> None:
                      "layout_exact": exact, "device": r.get("device")})
     dev = describe(fp)
     pairs = block_pairs()
+    prior, probe = ([], None) if args.no_fusion_probe else fusion_prior(rows, fp)
+    if probe:
+        print(f"fusion probe (ONNX Runtime {probe['onnxruntime']}): fused {', '.join(probe['fused'])}")
     if args.write_predictor:
-        _write(rows, args.write_predictor, fp, passes, None if args.no_fallback else predictor, pairs)
+        _write(rows, args.write_predictor, fp, passes, None if args.no_fallback else predictor, pairs, prior, probe)
         if args.skip_eval:
             return
-    extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor, split_pairs=pairs)
+    extra = evaluate(rows, block, predictor, fallback=None if args.no_fallback else predictor, split_pairs=pairs,
+                     prior=prior)
+    extra["fusion_probe"] = probe
     summary = summarise(rows)
     traced_on = sorted({r["device"] for r in rows if r["device"]})
     print(f"\nmachine now: {dev}\ntraced on: {'; '.join(traced_on)}\nblock {block} ({isa}); predictor "

@@ -12,7 +12,8 @@ Public API (everything else is private machinery and may change):
   :func:`reference_ms` — the machine's speed now, on a fixed reference workload (a diagnostic; nothing rescales
   predictions by it).
 - :func:`fingerprint`, :func:`same_device` — which machine and runtimes measured (from :mod:`hwnas.device`).
-- :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test.
+- :func:`fuses`, :func:`detect_fusion_rules`, :func:`build_chain`, :data:`FUSION_CATALOGUE` — fusion test;
+  :func:`probe_fused_chains`, :data:`PROBE_CATALOGUE` — the fusions a backend's compiled graph shows, untimed.
 - :class:`AdaptConfig`, :func:`adapt`, :func:`ensure_predictor` — a predictor for this machine in minutes,
   transferred from an installed one (``hwnas adapt``); :func:`probe_networks` — the networks it measures.
 - :func:`measure_zoo` — time the zoo networks end to end into a resumable store (one pass per call);
@@ -87,6 +88,8 @@ _LAZY = {
     "build_test_modules": "hwnas.builder._fusion",
     "FusionConfig": "hwnas.builder._fusion",
     "FUSION_CATALOGUE": "hwnas.builder._fusion",
+    "PROBE_CATALOGUE": "hwnas.builder._fusion",
+    "probe_fused_chains": "hwnas.builder._fusion",
     # kernels as modules, sampling, builds
     "kernel_module": "hwnas.builder._kernel_modules",
     "kernel_spec": "hwnas.builder._kernel_modules",

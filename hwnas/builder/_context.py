@@ -85,7 +85,8 @@ def trace_labels(trace: NodeTrace, absorb_layout: bool = False) -> list[tuple[Ke
 
 
 def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cache: dict | None = None,
-                        split_pairs: Iterable[tuple[str, str]] = ()) -> tuple[FusionRules, dict]:
+                        split_pairs: Iterable[tuple[str, str]] = (),
+                        prior: Iterable[Sequence[str]] = ()) -> tuple[FusionRules, dict]:
     """Fusion rules read from traces: an op chain becomes a rule when ONNX Runtime ran it as one kernel in at
     least ``min_share`` of the places the chain occurs (counted by matching the chain alone). Candidates are the
     op sequences of ONNX Runtime's kernels and their prefixes (a ``channel_shuffle-split`` where one kernel shuffles
@@ -93,10 +94,16 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cac
     candidate pattern ``{"fused": n, "occurs": n}``. ``cache`` (a dict kept by the caller) keeps the per-trace
     counts between calls on overlapping sets of traces (and the same ``split_pairs``). A kernel is cut between
     two consecutive ops forming one of ``split_pairs`` (the ops meeting across a search space's block boundary,
-    :func:`hwnas.tables.boundary_op_pairs`), so that no rule fuses across blocks and latency tables stay exact."""
+    :func:`hwnas.tables.boundary_op_pairs`), so that no rule fuses across blocks and latency tables stay exact.
+
+    ``prior`` (op chains, e.g. the fused ones of :func:`~hwnas.builder.probe_fused_chains`) are rules the backend's
+    compiler is known to apply: each is kept unless the traces contradict it (it occurs and ran fused in less
+    than ``min_share`` of its places) or it holds a ``split_pairs`` pair, so a fusion no training network showed
+    still holds (a held-out family's ``conv-hswish``). Their statistics carry ``"prior": True``."""
     traces = list(traces)
     cache = {} if cache is None else cache
     split = frozenset(tuple(p) for p in split_pairs)
+    prior_set = {p for p in map(tuple, prior) if len(_cut(p, split)) == 1}
     per: list[dict[tuple[str, ...], list[int]]] = []
     for t in traces:
         key = ("fused", id(t), split)
@@ -108,7 +115,7 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cac
                         fused[seg[:n]] = fused.get(seg[:n], 0) + 1
             cache[key] = fused
         per.append(cache[key])
-    candidates = sorted({p for f in per for p in f})
+    candidates = sorted({p for f in per for p in f} | prior_set)
     stats: dict[str, dict[str, int]] = {}
     kept = []
     for pattern in candidates:
@@ -122,10 +129,10 @@ def derive_fusion_rules(traces: Iterable[NodeTrace], min_share: float = 0.5, cac
                 cache[key] = sum(1 for k in detect_kernels(t.graph, single) if tuple(k.ops) == pattern)
             occurs += cache[key]
         n = sum(f.get(pattern, 0) for f in per)
-        if not occurs:
+        if not occurs and pattern not in prior_set:
             continue
-        stats["-".join(pattern)] = {"fused": n, "occurs": occurs}
-        if n / occurs >= min_share:
+        stats["-".join(pattern)] = {"fused": n, "occurs": occurs, **({"prior": True} if pattern in prior_set else {})}
+        if (n / occurs >= min_share) if occurs else True:
             kept.append(pattern)
     return FusionRules(kept), stats
 
@@ -248,8 +255,8 @@ class InNetworkModel:
         The profiler's cost per node taken off every node's time before labelling (:func:`fit_node_overhead`).
     pools : dict of str to list of str
         Per pool, the kernel types priced by its regressor: per main op (``"conv-*"``), the convolutions with an
-        epilogue (:func:`~hwnas.builder._fit.pool_of`); for ``"eltwise-*"``, the activations without labels of
-        their own.
+        epilogue (:func:`~hwnas.builder._fit.pool_of`), those of a rule no label showed included; for
+        ``"eltwise-*"``, the activations without labels of their own.
     """
 
     rules: FusionRules
@@ -314,6 +321,10 @@ class InNetworkModel:
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
         pools = {p: sorted(m) for p, m in members.items() if p in specs}
+        if pool:   # a rule's convolution type no label showed (a probed conv-hswish): priced by its pool
+            for t in ("-".join(p) for p in rules.patterns):
+                if pool_of(t) in specs and t not in specs and t not in free:
+                    pools[pool_of(t)] = sorted({*pools.get(pool_of(t), []), t})
         if ACT_POOL in specs:   # activations without labels of their own (seen ones keep their own regressor)
             pools[ACT_POOL] = [op for op in ACTIVATION_OPS if op not in specs and op not in free]
         for p, m in pools.items():

@@ -66,8 +66,16 @@ FUSION_CATALOGUE: tuple[tuple[str, ...], ...] = (
     ("conv", "bn", "add"),
 )
 
+#: Chains the graph probe (:func:`probe_fused_chains`) compiles: every activation of the op vocabulary after each
+#: main op a backend could fuse it into, as data. Compiling is cheap and noise-free, so the catalogue is wide.
+PROBE_CATALOGUE: tuple[tuple[str, ...], ...] = tuple(
+    (main, act) for main in ("conv", "dwconv", "fc", "bn", "add")
+    for act in ("relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "gelu", "tanh")
+) + (("conv", "add"), ("conv", "add", "relu"), ("dwconv", "add"))
+
 #: Ops :func:`build_op` can instantiate.
-SUPPORTED_OPS = ("conv", "dwconv", "bn", "relu", "relu6", "hswish", "silu", "add", "fc")
+SUPPORTED_OPS = ("conv", "dwconv", "bn", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "gelu", "tanh",
+                 "add", "fc")
 _FC_FIRST = ("fc",)
 
 
@@ -271,7 +279,8 @@ def build_op(op: str, cfg: FusionConfig, in_shape: Sequence[int], *, bias: bool 
         if len(shape) != 2:
             raise ValueError(f"fc needs a 2-d input (batch, features), got {shape}")
         return nn.Linear(shape[1], cfg.cout).eval(), (shape[0], cfg.cout)
-    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish, "silu": nn.SiLU}
+    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid,
+            "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
     if op in acts:
         return acts[op]().eval(), shape
     if op == "add":
@@ -445,3 +454,72 @@ def detect_fusion_rules(backend: Any, configs: Iterable[FusionConfig] | None = N
     finally:
         bar.close()
     return rules
+
+
+#: The configuration the graph probe builds its chains at (the graph, not the time, is read: one is enough; 32
+#: channels are a multiple of every NCHWc block size, so a layout transform sees the chain as in a real network).
+PROBE_CONFIG = FusionConfig(32, 16, 3, 1)
+
+
+def _framed(chain: Any, config: FusionConfig) -> tuple[Any, tuple]:
+    """``chain`` between a convolution with a 3x3 max pool after it and another such pool (shape kept): inside a
+    network, with blocked tensors in and a blocked consumer out, and nothing it could fuse into."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        front = nn.Conv2d(config.channels, config.channels, 3, 1, 1)
+    m = nn.Sequential(front, nn.MaxPool2d(3, 1, 1), chain, nn.MaxPool2d(3, 1, 1)).eval()
+    return m, (1, config.channels, config.hw, config.hw)
+
+
+def probe_fused_chains(backend: Any, chains: Iterable[Sequence[str]] | None = None,
+                       config: FusionConfig = PROBE_CONFIG) -> list[dict[str, Any]]:
+    """Which op chains a backend compiles into one kernel, read from its compiled graphs.
+
+    Nothing is timed. A chain's A (all ops but the last) and A+B are compiled as they sit inside a network: after
+    a convolution and a max pool, before another max pool (ONNX Runtime's NCHWc transformer fuses an activation
+    into a convolution only when a blocked consumer follows, and turns a ``BatchNormalization -> Relu`` into one
+    node only on a tensor a convolution blocked). The chain fuses when B adds no op to the compiled graph
+    (layout conversions left out). ``fc`` chains are compiled alone (no blocked layout), and fuse when A+B has
+    fewer ops than A and B apart. This is the backend's own fusion, known before any network is traced, so it
+    holds for a family no training network showed.
+
+    Parameters
+    ----------
+    backend : str or Backend
+        A backend with ``compiled_ops`` (both CPU backends).
+    chains : iterable of sequence of str, optional
+        Chains to compile; defaults to :data:`PROBE_CATALOGUE`.
+    config : FusionConfig
+        The configuration every chain is built at (stride 1 and as many output as input channels: the frame
+        keeps the shape).
+
+    Returns
+    -------
+    list of dict
+        One per chain: ``ops``, ``fused``, and ``graph`` (``{"a", "ab"}``, plus ``"b"`` for ``fc`` chains: op
+        kinds of each compiled part, the frame included).
+
+    Raises
+    ------
+    ValueError
+        The backend cannot show its compiled graph, or ``config`` changes the shape.
+    """
+    from hwnas.builder._backends import get_backend
+
+    be = get_backend(backend)
+    if not hasattr(be, "compiled_ops"):
+        raise ValueError(f"backend {be.name!r} cannot show its compiled graph; the fusion probe needs compiled_ops")
+    if config.stride != 1 or config.cout != config.channels:
+        raise ValueError(f"the probe's config must keep the shape (stride 1, out_channels = channels), got {config}")
+    out = []
+    for ops in (tuple(c) for c in (chains if chains is not None else PROBE_CATALOGUE)):
+        if ops[0] in _FC_FIRST:
+            graph = {k: be.compiled_ops(m, shape) for k, (m, shape) in build_test_modules(ops, _fc_config(config)).items()}
+            fused = len(graph["ab"]) < len(graph["a"]) + len(graph["b"])
+        else:
+            inner = config.channels, config.hw, config.hw
+            graph = {k: be.compiled_ops(*_framed(build_chain(part, config, in_shape=(1, *inner)), config))
+                     for k, part in (("a", ops[:-1]), ("ab", ops))}
+            fused = len(graph["ab"]) == len(graph["a"])
+        out.append({"ops": list(ops), "fused": bool(fused), "graph": graph})
+    return out
