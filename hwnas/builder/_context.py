@@ -319,7 +319,9 @@ class InNetworkModel:
         cap = {k: (4 if k in members or k == ACT_POOL else 1) * max_rows for k in by_type}
         by_type = {k: (v if len(v) <= cap[k] else rng.sample(v, cap[k]))
                    for k, v in by_type.items() if len(v) >= MIN_FIT_SAMPLES}
-        regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed)
+        # per unit of work only: labels come from a few families, and a network of another family has bigger
+        # kernels than any of theirs (a log-latency tree would price those at the slowest fitted one)
+        regressors, specs, _, _ = fit_regressors(by_type, "onnxruntime-cpu", seed, targets=("log_ms_per_unit",))
         pools = {p: sorted(m) for p, m in members.items() if p in specs}
         if pool:   # a rule's convolution type no label showed (a probed conv-hswish): priced by its pool
             for t in ("-".join(p) for p in rules.patterns):

@@ -29,6 +29,8 @@ GENERIC = ["hin", "cin", "cout", "hout", "n_inputs", "elementwise", "in_elems", 
 POOLED_CONV = CONV + [f"epi_{op}" for op in EPILOGUE_OPS]
 ZERO_COST_OPS = ["dropout", "identity"]
 MIN_TREE_SAMPLES = 12
+#: The regression targets a kernel type's regressor is chosen among (:func:`fit_type`).
+TARGETS = ("log_ms", "log_ms_per_unit")
 MIN_FIT_SAMPLES = 3     # fewer successful measurements: no regressor; the type is declared unsupported
 
 
@@ -139,8 +141,9 @@ def _records(cfg: BuildConfig) -> tuple[dict[str, list[tuple[dict, float]]], dic
 
 
 def fit_regressors(by_type: dict[str, list[tuple[dict, float]]], backend: str, seed: int = 0,
-                   progress: bool = False) -> tuple[dict, dict, dict, dict]:
-    """Fit every kernel type: returns ``(regressors, kernels metadata, accuracy report, unsupported types)``."""
+                   progress: bool = False, targets: tuple[str, ...] = TARGETS) -> tuple[dict, dict, dict, dict]:
+    """Fit every kernel type: returns ``(regressors, kernels metadata, accuracy report, unsupported types)``;
+    ``targets``: see :func:`fit_type`."""
     from tqdm.auto import tqdm
 
     regressors, kernels, accuracy, unsupported = {}, {}, {}, {}
@@ -150,7 +153,7 @@ def fit_regressors(by_type: dict[str, list[tuple[dict, float]]], backend: str, s
             unsupported[ktype] = (f"only {len(by_type[ktype])} successful measurement(s) on {backend} "
                                   f"(at least {MIN_FIT_SAMPLES} are needed); see the failed records in raw/")
             continue
-        (reg, names, target), rep = fit_type(ktype, by_type[ktype], seed)
+        (reg, names, target), rep = fit_type(ktype, by_type[ktype], seed, targets)
         regressors[ktype] = reg
         kernels[ktype] = {"features": names, "target": target}
         if target == "log_ms_per_unit":
@@ -182,8 +185,12 @@ def error_metrics(pred: Any, true: Any) -> dict[str, float]:
             "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2))), "rmspe": float(np.sqrt(np.mean(rel ** 2)))}
 
 
-def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """The best regressor for one kernel type and its held-out report."""
+def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0,
+             targets: tuple[str, ...] = TARGETS) -> tuple[Any, dict[str, Any]]:
+    """The best regressor for one kernel type and its held-out report, over the candidates and ``targets``
+    (``"log_ms"``, ``"log_ms_per_unit"``: log latency per unit of work, :func:`unit_feature`). A tree on
+    ``log_ms`` cannot price a kernel above the slowest it was fitted on; per unit of work, the exact unit count
+    carries the scale, so a bigger kernel than any fitted one is priced by its work."""
     from sklearn.linear_model import LinearRegression
 
     from hwnas.predictor import LinearModel, TreeEnsemble
@@ -211,7 +218,11 @@ def fit_type(ktype: str, rows: list[tuple[dict, float]], seed: int = 0) -> tuple
     unit = np.maximum(x[:, names.index(unit_name)], UNIT_FLOOR)
     # Two targets: log latency, and log latency per unit of work (time per MAC or per element varies slowly,
     # so trees interpolate it better; the exact unit count carries the scale).
-    targets = {"log_ms": (y, np.ones(n)), "log_ms_per_unit": (y - np.log(unit), unit)}
+    unknown = set(targets) - set(TARGETS)
+    if unknown or not targets:
+        raise ValueError(f"targets must be among {TARGETS}, got {targets}")
+    targets = {k: v for k, v in {"log_ms": (y, np.ones(n)), "log_ms_per_unit": (y - np.log(unit), unit)}.items()
+               if k in targets}
     best = None
     report: dict[str, Any] = {"n": n, "candidates": {}}
     for target, (yt, scale) in targets.items():
