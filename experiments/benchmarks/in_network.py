@@ -18,6 +18,11 @@ end-to-end truths of ``measure_models`` (median of the passes), and compares, pe
 and two baselines: a MACs line fitted on the other families (``flops_lofo``) and an **op lookup**
 (``op_lookup``): the isolated-kernel predictor (``--predictor``'s fallback) pricing every op alone, no fusion,
 no network fitting (nn-Meter's op-level baseline; a network with an op it has no regressor for gets none).
+Fusion rules are derived from the training families' traces starting from the chains ONNX Runtime's optimiser
+fuses in small probe graphs (:func:`hwnas.builder.probe_fused_chains`, run here; the traces' ONNX Runtime version
+must be this machine's): a held-out family's ``bn-relu`` or ``conv-hswish`` is then a rule although no training
+family had one (``--no-fusion-probe``: the traces alone).
+
 For the seen-family figure, a 5-fold cross-validation over networks of the absorbed variant. It also
 reports how often the layout rules predict the compiled graph's conversion count exactly. Kernel types the
 training families never showed are priced by the shipped predictor's isolated kernels, split under its own rules
@@ -215,7 +220,9 @@ def fusion_prior(rows: list[dict[str, Any]], fp: dict[str, Any]) -> tuple[list[t
              "the versions agree, or pass --no-fusion-probe")
     probe = probe_fused_chains("onnxruntime-cpu")
     fused = [tuple(r["ops"]) for r in probe if r["fused"]]
-    return fused, {"onnxruntime": here, "fused": ["-".join(c) for c in fused],
+    from hwnas.device import describe
+
+    return fused, {"onnxruntime": here, "probed_on": describe(fp), "fused": ["-".join(c) for c in fused],
                    "not_fused": ["-".join(r["ops"]) for r in probe if not r["fused"]]}
 
 
