@@ -11,24 +11,13 @@ pytest.importorskip("onnxruntime")
 
 from hwnas.builder._context import InNetworkModel, derive_fusion_rules, trace_labels   # noqa: E402
 from hwnas.builder._profile import NodeTrace, ort_kernel_groups, trace_onnxruntime     # noqa: E402
-
-
-class _Res(nn.Module):
-    def __init__(self, c: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
-        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 4))
-
-    def forward(self, x):
-        y = self.stem(x)
-        return self.head(torch.relu(self.conv(y) + y))
+from tests._nets import ResBlockNet                                                    # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def traces():
     torch.manual_seed(0)
-    return [trace_onnxruntime(_Res(c).eval(), (1, 3, s, s), runs=3, warmup=1) for c, s in
+    return [trace_onnxruntime(ResBlockNet(c).eval(), (1, 3, s, s), runs=3, warmup=1) for c, s in
             ((16, 16), (16, 24), (32, 16), (32, 24))]
 
 

@@ -3,13 +3,13 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 pytest.importorskip("onnxruntime")
 
 from hwnas.builder import FusionConfig, probe_fused_chains                               # noqa: E402
 from hwnas.builder._context import derive_fusion_rules                                   # noqa: E402
 from hwnas.builder._profile import trace_onnxruntime                                     # noqa: E402
+from tests._nets import ResBlockNet                                                      # noqa: E402
 
 
 def test_the_probe_reads_onnx_runtimes_fusions_from_its_compiled_graphs():
@@ -38,22 +38,11 @@ def test_the_probe_refuses_a_backend_without_a_graph_and_a_frame_that_changes_th
         probe_fused_chains("onnxruntime-cpu", config=FusionConfig(32, 16, 3, 2))
 
 
-class _Res(nn.Module):
-    def __init__(self, c: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
-        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 4))
-
-    def forward(self, x):
-        y = self.stem(x)
-        return self.head(torch.relu(self.conv(y) + y))
-
-
 @pytest.fixture(scope="module")
 def traces():
     torch.manual_seed(0)
-    return [trace_onnxruntime(_Res(c).eval(), (1, 3, s, s), runs=2, warmup=1) for c, s in ((16, 16), (32, 16))]
+    return [trace_onnxruntime(ResBlockNet(c).eval(), (1, 3, s, s), runs=2, warmup=1)
+            for c, s in ((16, 16), (32, 16))]
 
 
 def test_a_prior_rule_no_trace_showed_holds_and_one_the_traces_contradict_does_not(traces):
