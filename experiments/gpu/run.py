@@ -92,7 +92,7 @@ def dry_config(out: Path, deadline_s: float = 600.0) -> RunConfig:
     safety net: every step should run."""
     return RunConfig(out=out, dry_run=True, deadline_s=deadline_s, device="cpu", backend="torchscript-cpu",
                      image_size=16, width_mult=0.25, batch_size=8, steps=2, warmup_steps=1,
-                     compile_backend="eager", build_minutes=0.5, build_resolution=32, zoo=DRY_ZOO,
+                     compile_backend="eager", build_minutes=1.0, build_resolution=32, zoo=DRY_ZOO,
                      zoo_resolution=32, zoo_batch=4, compile_workers=2, matrix=DRY_MATRIX,
                      step_reserve_s={"throughput": 5.0, "build": 5.0, "zoo": 2.0, "throughput_compiled": 5.0})
 

@@ -103,8 +103,8 @@ def test_builders_leave_global_rng_alone_and_are_seeded():
 
 
 def test_unsupported_op():
-    with pytest.raises(ValueError):
-        build_chain(["conv", "gelu"], FusionConfig(4, 6))
+    with pytest.raises(ValueError, match="unsupported op 'softmax'"):
+        build_chain(["conv", "softmax"], FusionConfig(4, 6))
     with pytest.raises(ValueError):
         build_test_modules(["conv"], FusionConfig(4, 6))
 
