@@ -211,6 +211,7 @@ def fusion_prior(rows: list[dict[str, Any]], fp: dict[str, Any]) -> tuple[list[t
     and a record of the probe. The probe reads the optimiser, not the CPU's speed, so it holds for traces taken on
     another machine with the same ONNX Runtime version; a different version is refused."""
     from hwnas.builder import probe_fused_chains
+    from hwnas.device import describe
 
     here = str(fp.get("onnxruntime") or (fp.get("runtimes") or {}).get("onnxruntime") or "")
     traced = {m.group(1) for r in rows for m in [re.search(r"onnxruntime ([0-9][^ ;,]*)", r["device"] or "")] if m}
@@ -220,8 +221,6 @@ def fusion_prior(rows: list[dict[str, Any]], fp: dict[str, Any]) -> tuple[list[t
              "the versions agree, or pass --no-fusion-probe")
     probe = probe_fused_chains("onnxruntime-cpu")
     fused = [tuple(r["ops"]) for r in probe if r["fused"]]
-    from hwnas.device import describe
-
     return fused, {"onnxruntime": here, "probed_on": describe(fp), "fused": ["-".join(c) for c in fused],
                    "not_fused": ["-".join(r["ops"]) for r in probe if not r["fused"]]}
 
