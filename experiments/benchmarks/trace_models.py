@@ -1,5 +1,9 @@
-"""Record every zoo network as ONNX Runtime runs it: per optimised node its median time and the hwnas op it is
-named after, plus the layout conversions (:func:`hwnas.builder.trace_onnxruntime`), into a resumable JSONL store.
+"""Record every zoo network as its backend runs it, into a resumable JSONL store.
+
+``--backend onnxruntime-cpu`` (default): per optimised node its median time and the hwnas op it is named after,
+plus the layout conversions (:func:`hwnas.builder.trace_onnxruntime`). ``--backend torchscript-cpu``: the
+convolution and eltwise primitives oneDNN printed, the profiler's ATen events and the unprofiled run
+(:func:`hwnas.builder.trace_torchscript_network`); ``experiments/benchmarks/ts_in_network.py`` reads them.
 
 Each invocation is one *pass* (one process); the traces are the raw material of in-network kernel labels and of
 the layout-conversion rules (``experiments/benchmarks/kernel_context.py`` reads them).
@@ -20,7 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pass-id", type=int, default=0, help="which independent pass this process is")
     ap.add_argument("--every", type=int, default=4, help="every N-th network of each family")
     ap.add_argument("--offset", type=int, default=0, help="start at the offset-th network of each family")
-    ap.add_argument("--runs", type=int, default=20, help="profiled runs per network (after 5 warm-up runs)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="profiled runs per network (default: 20 on onnxruntime-cpu after 5 warm-up runs; 5 under "
+                         "oneDNN verbose and 5 under the profiler on torchscript-cpu, after 10)")
+    ap.add_argument("--backend", choices=("onnxruntime-cpu", "torchscript-cpu"), default="onnxruntime-cpu")
     args = ap.parse_args(argv)
     from hwnas.files import append_jsonl, read_jsonl
 
@@ -34,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from hwnas.builder import trace_onnxruntime, zoo
+    from hwnas.builder import trace_onnxruntime, trace_torchscript_network, zoo
     from hwnas.device import describe, fingerprint
 
     torch.set_num_threads(1)
@@ -48,13 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     failed = 0
     for m in tqdm(todo, desc=f"tracing pass {args.pass_id}"):
         try:
-            trace = trace_onnxruntime(m.build(), m.input_shape, runs=args.runs, warmup=5)
+            if args.backend == "onnxruntime-cpu":
+                record = trace_onnxruntime(m.build(), m.input_shape, runs=args.runs or 20, warmup=5).to_dict()
+            else:
+                record = trace_torchscript_network(m.build(), m.input_shape, runs=args.runs or 5).to_record()
         except Exception as e:  # noqa: BLE001 - one network that fails must not end the pass
             failed += 1
             print(f"{m.key}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
         append_jsonl(store, {"model": m.key, "family": m.family, "pass": args.pass_id, "device": device,
-                             "input_shape": list(m.input_shape), **trace.to_dict()})
+                             "backend": args.backend, "input_shape": list(m.input_shape), **record})
     print(f"traced {len(todo) - failed} networks ({failed} failed) into {store}")
 
 

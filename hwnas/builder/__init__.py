@@ -37,7 +37,9 @@ Public API (everything else is private machinery and may change):
   :func:`measure_cold_conversion` — the same for a layout conversion (half a ``to_mkldnn`` + ``to_dense`` pair).
 - :func:`trace_torchscript`, :class:`TorchScriptTrace` — the oneDNN primitives a compiled TorchScript network runs,
   with their times (ms): each convolution with the reorder of its weights, the layout conversions, and what runs
-  outside oneDNN.
+  outside oneDNN. :func:`trace_torchscript_network`, :class:`TSNetworkTrace` — the same network's pieces from
+  oneDNN and the profiler; :func:`ts_kernel_labels` gives each kernel its in-network time (ms) from them, and
+  :class:`TSInNetworkModel` fits kernel regressors and a network term on those labels.
 - :class:`BuildConfig`, :func:`build` — a whole resumable predictor build; :func:`kernel_module` — a kernel as a
   standalone module. Its stages, for benchmarks that re-run one of them: :func:`build_fusion_rules` (the rules a
   build prices with), :func:`sample_kernels` (the kernel specs it measures; :func:`spec_key` names one);
@@ -121,6 +123,10 @@ _LAZY = {
     "trace_onnxruntime": "hwnas.builder._profile",
     "trace_torchscript": "hwnas.builder._ts_profile",
     "TorchScriptTrace": "hwnas.builder._ts_profile",
+    "trace_torchscript_network": "hwnas.builder._ts_context",
+    "TSNetworkTrace": "hwnas.builder._ts_context",
+    "ts_kernel_labels": "hwnas.builder._ts_context",
+    "TSInNetworkModel": "hwnas.builder._ts_context",
     "profile_from_trace": "hwnas.builder._profile",
     "ort_kernel_groups": "hwnas.builder._profile",
     "InNetworkModel": "hwnas.builder._context",

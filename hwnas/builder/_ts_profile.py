@@ -51,6 +51,9 @@ class Primitive:
         Problem descriptor: ``mb1_ic64oc64_ih32oh32kh3sh1...`` for a convolution, ``1x64x32x32`` for a reorder.
     ms : float
         Execution time, ms.
+    alg : str
+        Algorithm of an eltwise, binary or pooling primitive without its ``alg:`` prefix (``eltwise_hardswish``,
+        ``binary_mul``, ``pooling_max``); ``""`` when the line names none.
     """
 
     kind: str
@@ -58,6 +61,7 @@ class Primitive:
     formats: str
     problem: str
     ms: float
+    alg: str = ""
 
     def dims(self) -> dict[str, int]:
         """A convolution's or pooling's problem as numbers: ``{"mb": 1, "ic": 64, "oc": 64, "ih": 32, ...}``."""
@@ -90,7 +94,9 @@ def parse_line(line: str) -> Primitive | None:
         ms = float(rest[-1])
     except ValueError:
         return None
-    return Primitive(kind=rest[1], impl=rest[2], formats=rest[4], problem=rest[-2], ms=ms)
+    aux = rest[-3] if len(rest) >= 9 else ""
+    alg = aux.split(" ")[0][4:] if aux.startswith("alg:") else ""
+    return Primitive(kind=rest[1], impl=rest[2], formats=rest[4], problem=rest[-2], ms=ms, alg=alg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +241,36 @@ def read_runs(text: str) -> list[list[Primitive]]:
     return runs
 
 
+def verbose_runs(fn: Any, runs: int) -> tuple[list[list[Primitive]], list[float]]:
+    """Call ``fn`` ``runs`` times under oneDNN verbose: the primitives of each run and its wall time (ms).
+
+    Raises
+    ------
+    CaptureError
+        oneDNN printed no primitive (a torch build without oneDNN verbose support).
+    """
+    import torch
+
+    wall: list[float] = []
+    libc = ctypes.CDLL(None)   # flushes oneDNN's C stdio buffer before each run mark
+    with tempfile.TemporaryDirectory() as tmp:
+        log = os.path.join(tmp, "onednn.log")
+        with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                wall.append((time.perf_counter() - t0) * 1e3)
+                libc.fflush(None)
+                os.write(1, f"{_RUN_MARK}{len(wall)}\n".encode())
+        with open(log, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    found = read_runs(text)
+    if len(found) != runs or not any(found):
+        raise CaptureError(f"oneDNN printed no primitive for {runs} profiled runs (got {len(found)} run marks); "
+                           "this torch build may lack oneDNN verbose support")
+    return found, wall
+
+
 def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, warmup: int = 10,
                       unprofiled: int = 20, threads: int = 1) -> TorchScriptTrace:
     """Compile ``model`` as the ``torchscript-cpu`` backend does and record the oneDNN primitives of ``runs`` runs.
@@ -255,8 +291,6 @@ def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, 
     CaptureError
         The model cannot be compiled, or oneDNN printed no primitive (a torch build without oneDNN verbose).
     """
-    import torch
-
     from hwnas.builder._backends import get_backend
 
     if runs < 1:
@@ -271,22 +305,6 @@ def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, 
             t0 = time.perf_counter()
             fn()
             t.append((time.perf_counter() - t0) * 1e3)
-        wall: list[float] = []
-        libc = ctypes.CDLL(None)   # flushes oneDNN's C stdio buffer before each run mark
-        with tempfile.TemporaryDirectory() as tmp:
-            log = os.path.join(tmp, "onednn.log")
-            with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    fn()
-                    wall.append((time.perf_counter() - t0) * 1e3)
-                    libc.fflush(None)
-                    os.write(1, f"{_RUN_MARK}{len(wall)}\n".encode())
-            with open(log, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-    found = read_runs(text)
-    if len(found) != runs or not any(found):
-        raise CaptureError(f"oneDNN printed no primitive for {runs} profiled runs (got {len(found)} run marks); "
-                           "this torch build may lack oneDNN verbose support")
+        found, wall = verbose_runs(fn, runs)
     return TorchScriptTrace(runs=found, run_ms=wall, unprofiled_ms=float(np.median(t)),
                             input_shape=tuple(int(v) for v in input_shape))
