@@ -41,15 +41,21 @@ def _uncalibrated(predictor: Any) -> Any:
     return LatencyPredictor(meta, predictor.regressors, predictor.path)
 
 
-def load_rows(build: Path, predictor: Any, traces: str = "ts_traces.jsonl") -> tuple[list[dict[str, Any]], int]:
+def load_rows(build: Path, predictor: Any, traces: str = "ts_traces.jsonl", truth_from: str = "zoo"
+              ) -> tuple[list[dict[str, Any]], int]:
     """One row per network with a trace and a truth: its kernels, per-kernel labels (median over passes),
-    residual, measured ms (median of the passes), noise flag."""
+    residual, measured ms (median of the passes), noise flag. ``truth_from="traces"``: the truth is the median of
+    the traces' unprofiled runs (one per pass), instead of the zoo stores'."""
     from hwnas.builder import TSNetworkTrace, ts_kernel_labels, zoo
 
-    truth, passes = _truth(build / "raw")
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in _read_jsonl(build / "raw" / traces):
         by_model.setdefault(r["model"], []).append(r)
+    if truth_from == "traces":
+        truth = {k: [float(r["run_ms"]) for r in v] for k, v in by_model.items()}
+        passes = max(len(v) for v in truth.values())
+    else:
+        truth, passes = _truth(build / "raw")
     models = {m.key: m for m in zoo()}
     rows = []
     from tqdm.auto import tqdm
@@ -72,19 +78,20 @@ def load_rows(build: Path, predictor: Any, traces: str = "ts_traces.jsonl") -> t
     return rows, passes
 
 
-def _fit_predict(train: list[dict[str, Any]], test: list[dict[str, Any]], fallback: Any, seed: int
-                 ) -> tuple[list[float], list[float], dict[str, int]]:
+def _fit_predict(train: list[dict[str, Any]], test: list[dict[str, Any]], fallback: Any, seed: int,
+                 ridge: float) -> tuple[list[float], list[float], dict[str, int]]:
     from hwnas.builder import TSInNetworkModel
 
     model = TSInNetworkModel.fit([(r["kernels"], r["labels"]) for r in train], [r["measured_ms"] for r in train],
-                                 fallback=fallback, seed=seed)
+                                 fallback=fallback, seed=seed, ridge=ridge)
     model.fallbacks = {}
     full = [model.predict(r["kernels"]) for r in test]
     raw = [float(model.kernel_ms(r["kernels"]).sum()) for r in test]
     return full, raw, dict(model.fallbacks)
 
 
-def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: int = 0) -> dict[str, int]:
+def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: int = 0, ridge: float = 0.01
+             ) -> dict[str, int]:
     """Fill ``lofo``, ``lofo_raw``, ``cv``, ``cv_raw`` (ms) in every row; returns the fallback counts (LOFO)."""
     from tqdm.auto import tqdm
 
@@ -92,7 +99,7 @@ def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: in
     fams = sorted({r["family"] for r in rows})
     for f in tqdm(fams, desc="leave one family out"):
         test = [r for r in rows if r["family"] == f]
-        full, raw, fb = _fit_predict([r for r in rows if r["family"] != f], test, fallback, seed)
+        full, raw, fb = _fit_predict([r for r in rows if r["family"] != f], test, fallback, seed, ridge)
         for r, a, b in zip(test, full, raw):
             r["lofo"], r["lofo_raw"] = a, b
         for t, n in fb.items():
@@ -102,7 +109,7 @@ def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: in
     for i in tqdm(range(folds), desc="5-fold CV"):
         test = [rows[j] for j in order[i::folds]]
         train = [rows[j] for k, j in enumerate(order) if k % folds != i]
-        full, raw, _ = _fit_predict(train, test, fallback, seed)
+        full, raw, _ = _fit_predict(train, test, fallback, seed, ridge)
         for r, a, b in zip(test, full, raw):
             r["cv"], r["cv_raw"] = a, b
     return used
@@ -177,6 +184,27 @@ def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _write(rows: list[dict[str, Any]], predictor: Any, args: Any, summary: dict[str, Any]) -> None:
+    from hwnas.builder import TSInNetworkModel
+    from hwnas.device import fingerprint
+
+    model = TSInNetworkModel.fit([(r["kernels"], r["labels"]) for r in rows], [r["measured_ms"] for r in rows],
+                                 fallback=_uncalibrated(predictor), seed=args.seed, ridge=args.ridge)
+    s = summary["all"]
+    notes = {"in_network": {"n_networks": len(rows), "truth": args.truth, "ridge": args.ridge,
+                            **{k: s[k] for k in ("noise_within10", "cal_cv_within10", "lofo_within10",
+                                                 "raw_sum_ratio_median", "kendall_tau")}}}
+    name = args.name or Path(args.write_predictor).name
+    status = (f"kernels labelled inside {len(rows)} zoo networks traced here (oneDNN verbose and the profiler), "
+              f"network terms fitted on their end-to-end medians ({args.truth}): {s['cal_cv_within10']:.0f}% within "
+              f"±10% (5-fold CV), {s['lofo_within10']:.0f}% leaving each family out, noise ceiling "
+              f"{s['noise_within10']:.0f}% (experiments/benchmarks/ts_in_network.py)")
+    path = model.write(args.write_predictor, fingerprint(), predictor, name=name, notes=notes, status=status)
+    print(f"predictor written: {path} ({len(model.specs)} fitted kernel types, {len(model.terms)} with terms of "
+          f"their own; {model.per_kernel_ms * 1e3:.1f} us per kernel, {model.per_melem_ms:.3f} ms per Melem, "
+          f"intercept {model.intercept_ms:.3f} ms)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", required=True, help="build folder with raw/ts_traces.jsonl[.gz] and raw/zoo*.jsonl")
@@ -185,7 +213,13 @@ def main(argv: list[str] | None = None) -> None:
                                                      "BUILD/accuracy.json when there)")
     ap.add_argument("--json", default=None, help="write rows and summary here")
     ap.add_argument("--plot", default=None, help="write a predicted-vs-measured PNG here")
+    ap.add_argument("--truth", choices=("zoo", "traces"), default="zoo",
+                    help="end-to-end truth: the zoo stores (measure_models) or the traces' unprofiled runs")
+    ap.add_argument("--write-predictor", default=None,
+                    help="fit on every network and write the predictor here (for this machine: the traces')")
+    ap.add_argument("--name", default=None, help="name of the written predictor (default: the folder's name)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ridge", type=float, default=0.01, help="pull of the per-type network terms towards 0")
     args = ap.parse_args(argv)
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
@@ -200,17 +234,20 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--predictor must be a torchscript-cpu predictor, got {predictor.backend!r}")
     acc_path = Path(args.accuracy) if args.accuracy else build / "accuracy.json"
     shipped = json.loads(acc_path.read_text())["summary"] if acc_path.is_file() else None
-    rows, passes = load_rows(build, predictor)
+    rows, passes = load_rows(build, predictor, truth_from=args.truth)
     if len(rows) < 10:
         fail(f"only {len(rows)} networks have both a trace and a truth under {build / 'raw'}")
-    used = evaluate(rows, _uncalibrated(predictor), seed=args.seed)
+    used = evaluate(rows, _uncalibrated(predictor), seed=args.seed, ridge=args.ridge)
     summary = summarise(rows, shipped)
     print(f"machine now: {describe(fingerprint())}")
-    print(f"predictor {predictor.name}; {len(rows)} networks, {passes} end-to-end passes (truth: their median); "
+    print(f"ridge {args.ridge}; predictor {predictor.name}; {len(rows)} networks, {passes} end-to-end passes of {args.truth} "
+          f"(truth: their median); "
           f"shipped figures from {acc_path if shipped else '(none)'}")
     print(_table(summary))
     print("kernels priced by the uncalibrated isolated predictor in LOFO (type: count): "
           + (", ".join(f"{t}: {n}" for t, n in sorted(used.items())) or "none"))
+    if args.write_predictor:
+        _write(rows, predictor, args, summary)
     if args.json:
         keep = [{k: v for k, v in r.items() if k not in ("kernels", "labels")} for r in rows]
         atomic_write(args.json, json.dumps({"summary": summary, "fallbacks": used, "rows": keep}, indent=1))

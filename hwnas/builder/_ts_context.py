@@ -248,7 +248,8 @@ def ts_kernel_labels(trace: TSNetworkTrace, kernels: Sequence[Any]) -> tuple[lis
     labels : list of float or None
         Per kernel: its convolution primitive and weight reorders, profiled ATen ops net of the profiler's cost
         per event (:attr:`TSNetworkTrace.event_cost_ms`), and invisible activations' primitives; 0 for a kernel
-        of removed ops only.
+        of removed ops only; ``None`` for a kernel of hidden ops only (:data:`HIDDEN_OPS`) or with a piece not
+        found.
     residual_ms : float
         The unprofiled run minus every label: the interpreter, allocations, and pieces no kernel took.
     """
@@ -283,6 +284,10 @@ def ts_kernel_labels(trace: TSNetworkTrace, kernels: Sequence[Any]) -> tuple[lis
                 if got[r] is None:
                     got[r] = pool.take(op, key, exact)
     labels: list[float | None] = [0.0] * len(kernels)
+    for i, k in enumerate(kernels):     # only hidden ops (and removed ones): no piece shows its time
+        if k.nodes and any(n.op in HIDDEN_OPS for n in k.nodes) and all(n.op in HIDDEN_OPS | FREE_OPS
+                                                                         for n in k.nodes):
+            labels[i] = None
     for (i, _), ms in zip(requests, got):
         labels[i] = None if ms is None or labels[i] is None else labels[i] + ms
     for i, (pool, op, key) in optional:
@@ -291,6 +296,32 @@ def ts_kernel_labels(trace: TSNetworkTrace, kernels: Sequence[Any]) -> tuple[lis
             labels[i] += ms
     residual = trace.run_ms - sum(v for v in labels if v is not None)
     return labels, float(residual)
+
+
+#: The pool of the single element-wise kernels (activations and batch norms, either layout) that ran with a label:
+#: it prices such a type no training network labelled (``silu`` when efficientnet is held out) per output element.
+ELTWISE_POOL = "eltwise-*"
+
+
+def _eltwise(ktype: str) -> bool:
+    """Whether a kernel type is one element-wise op whose time a label shows (a member of :data:`ELTWISE_POOL`)."""
+    from hwnas.kernels import ACTIVATION_OPS
+
+    b = ktype.split("@")[0]
+    return b in (*ACTIVATION_OPS, "bn") and b not in HIDDEN_OPS
+
+
+def _stand_in(ktype: str, specs: Any) -> str | None:
+    """The fitted regressor that prices a type no label showed, if any: the pool for one element-wise op (a
+    hidden one too: the pool prices it as an activation of its size), the bare convolution for a convolution
+    whose other ops are hidden (its label is the convolution's time alone)."""
+    b = ktype.split("@")[0]
+    ops = b.split("-")
+    if (_eltwise(ktype) or b in HIDDEN_OPS) and ELTWISE_POOL in specs:
+        return ELTWISE_POOL
+    if ops[0] in CONV_OPS and len(ops) > 1 and all(op in HIDDEN_OPS for op in ops[1:]) and ops[0] in specs:
+        return ops[0]
+    return None
 
 
 def _hidden(ktype: str) -> bool:
@@ -303,7 +334,7 @@ class TSInNetworkModel:
     """Kernel regressors fitted on in-network TorchScript labels (:func:`ts_kernel_labels`), plus a network term.
 
     A network's latency (ms) is the sum over its kernels of the kernel's regressor, a cost every kernel pays
-    (``per_kernel_ms``: the interpreter's step and the output's allocation) and its type's terms (``per_kernel``
+    (``per_kernel_ms``, ``per_melem_ms``: the interpreter's step and the output's allocation) and its type's terms (``per_kernel``
     ms, and ``per_melem`` ms per million output elements for the types with a hidden op), plus ``intercept_ms``: every term is additive over kernels, so latency tables of search spaces stay exact. The
     terms carry what no kernel's label holds (the interpreter between ops, allocations, the hidden activations);
     they are fitted by non-negative least squares on the relative error of the training networks.
@@ -315,15 +346,19 @@ class TSInNetworkModel:
     terms : dict of str to dict of str to float
         Per kernel type, ``{"per_kernel": ms, "per_melem": ms}`` (both >= 0), pulled towards 0 by the ridge.
     intercept_ms : float
-    per_kernel_ms : float
-        Cost of every kernel not free, ms (>= 0, not pulled by the ridge).
+    per_kernel_ms, per_melem_ms : float
+        Cost of every kernel not free, ms, and per million of its output elements, ms (>= 0, not pulled by the
+        ridge: the interpreter's step and the allocation of the output, whose pages a large tensor touches anew).
     free : frozenset of str
         Kernel types whose labels were 0 in most places (ops the frozen graph removes): priced 0.
     fallback : LatencyPredictor, optional
-        Prices the kernel types no label showed (without its calibration, which a zoo fit would leak).
+        Prices the kernel types no label showed, but for single element-wise types (hidden ones too), which the
+        regressor of :data:`ELTWISE_POOL` prices, and convolutions with hidden ops, which the bare convolution's
+        does (pass the fallback without its calibration, which a zoo fit would leak).
     fallbacks : dict of str to int
-        How many kernels of each type the fallback priced (since the last fit); ``"<none>"`` counts kernels
-        nothing could price (priced 0: an evaluation says how often).
+        How many kernels of each type the fallback priced (since the last fit), under :data:`ELTWISE_POOL` and
+        ``conv`` how many those stand-ins priced; ``"<none>"`` counts kernels nothing could price (priced 0: an evaluation says how
+        often).
     """
 
     regressors: dict[str, Any]
@@ -332,6 +367,7 @@ class TSInNetworkModel:
     intercept_ms: float
     free: frozenset[str]
     per_kernel_ms: float = 0.0
+    per_melem_ms: float = 0.0
     fallback: Any = None
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -360,9 +396,12 @@ class TSInNetworkModel:
                 zeros.setdefault(k.type, []).append(ms <= 0)
                 if ms > 0:
                     by_type.setdefault(k.type, []).append((k.features, ms))
+                    if _eltwise(k.type):
+                        by_type.setdefault(ELTWISE_POOL, []).append((k.features, ms))
         free = frozenset(t for t, z in zeros.items() if np.mean(z) >= 0.5)
         rng = random.Random(seed)
-        by_type = {t: (v if len(v) <= max_rows else rng.sample(v, max_rows)) for t, v in by_type.items()
+        cap = {t: 4 * max_rows if t == ELTWISE_POOL else max_rows for t in by_type}
+        by_type = {t: (v if len(v) <= cap[t] else rng.sample(v, cap[t])) for t, v in by_type.items()
                    if t not in free and len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "torchscript-cpu", seed, targets=("log_ms_per_unit",))
         model = cls(regressors, specs, {}, 0.0, free, fallback=fallback)
@@ -370,7 +409,7 @@ class TSInNetworkModel:
         sums = np.array([model.kernel_ms(k).sum() for k, _ in networks])
         cols = sorted({(k.type, term) for ks, _ in networks for k in ks if k.type not in free
                        for term in (("per_kernel", "per_melem") if _hidden(k.type) else ("per_kernel",))})
-        head = 3                                           # intercept (either sign), a cost shared by every kernel
+        head = 4             # intercept (either sign); every kernel's cost, and its cost per million output elements
         x = np.zeros((len(networks), len(cols) + head))
         x[:, 0], x[:, 1] = 1.0, -1.0
         index = {c: j + head for j, c in enumerate(cols)}
@@ -379,6 +418,7 @@ class TSInNetworkModel:
                 if k.type in free:
                     continue
                 x[i, 2] += 1.0
+                x[i, 3] += k.features["out_elems"]
                 x[i, index[(k.type, "per_kernel")]] += 1.0
                 if _hidden(k.type):
                     x[i, index[(k.type, "per_melem")]] += k.features["out_elems"]
@@ -389,7 +429,7 @@ class TSInNetworkModel:
         coef, _ = nnls(np.vstack([a, pen]), np.concatenate([b, np.zeros(len(cols))]),
                        maxiter=50 * (len(cols) + head))
         model.intercept_ms = float(coef[0] - coef[1])
-        model.per_kernel_ms = float(coef[2])
+        model.per_kernel_ms, model.per_melem_ms = float(coef[2]), float(coef[3])
         for (t, term), j in index.items():
             if coef[j] > 0:
                 model.terms.setdefault(t, {})[term] = float(coef[j])
@@ -409,11 +449,14 @@ class TSInNetworkModel:
         for t, idx in by_type.items():
             if t in self.free:
                 continue
-            if t in self.specs:
-                spec = self.specs[t]
+            own = t if t in self.specs else _stand_in(t, self.specs)
+            if own is not None:
+                if own != t:
+                    self.fallbacks[own] = self.fallbacks.get(own, 0) + len(idx)
+                spec = self.specs[own]
                 x = np.array([[kernels[i].features[n] for n in spec["features"]] for i in idx], dtype=np.float64)
                 unit = x[:, spec["features"].index(spec["unit_feature"])] if "unit_feature" in spec else None
-                out[idx] = apply_target(spec["target"], self.regressors[t].predict(x), unit)
+                out[idx] = apply_target(spec["target"], self.regressors[own].predict(x), unit)
             else:
                 try:
                     if self.fallback is None:
@@ -424,10 +467,64 @@ class TSInNetworkModel:
                     self.fallbacks["<none>"] = self.fallbacks.get("<none>", 0) + len(idx)
             if terms:
                 c = self.terms.get(t, {})
-                out[idx] += self.per_kernel_ms + c.get("per_kernel", 0.0) + c.get("per_melem", 0.0) * np.array(
-                    [kernels[i].features["out_elems"] for i in idx])
+                out[idx] += self.per_kernel_ms + c.get("per_kernel", 0.0) + (
+                    self.per_melem_ms + c.get("per_melem", 0.0)) * np.array([kernels[i].features["out_elems"]
+                                                                              for i in idx])
         return out
 
     def predict(self, kernels: Sequence[Any]) -> float:
         """A network's latency from its kernels, ms."""
         return float(self.kernel_ms(kernels, terms=True).sum()) + self.intercept_ms
+
+    def write(self, path: Any, fp: dict[str, Any], complete_from: Any, *, name: str,
+              notes: dict[str, Any] | None = None, status: str = "") -> Any:
+        """Write this model as a ``torchscript-cpu`` predictor directory for the machine with fingerprint ``fp``
+        (the machine the traces were taken on); returns its path.
+
+        ``complete_from`` is the predictor whose kernels the labels were given to (its fusion and layout rules
+        are written). Every type it prices and the labels lack is written too: a stand-in's regressor under the
+        type's name where there is one (:data:`ELTWISE_POOL`, the bare convolution), else its own regressor and
+        transfer pair, without its calibration. The network terms go into the calibration entry (per type
+        ``per_kernel`` and ``per_melem``, shared part included; the intercept), so latency tables stay exact.
+        """
+        import hwnas
+        from hwnas.builder._config import utc_now
+        from hwnas.device import describe
+        from hwnas.predictor import write_predictor
+
+        regressors, specs, transfer, stand_ins = {}, {}, {}, {}
+        base = complete_from.kernel_specs
+        for t in sorted({*self.specs, *base} - {ELTWISE_POOL} - set(self.free)):
+            own = t if t in self.specs else _stand_in(t, self.specs)
+            if own is not None:
+                regressors[t], specs[t], transfer[t] = self.regressors[own], dict(self.specs[own]), [0.0, 1.0]
+                if own != t:
+                    stand_ins[t] = own
+            elif t in complete_from.regressors:
+                regressors[t], specs[t] = complete_from.regressors[t], dict(base[t])
+                pair = complete_from.transfer.get(t, complete_from.transfer_default) or (0.0, 1.0)
+                transfer[t] = [float(pair[0]), float(pair[1])]
+        terms = {t: {"per_kernel": self.per_kernel_ms + self.terms.get(t, {}).get("per_kernel", 0.0),
+                     "per_melem": self.per_melem_ms + self.terms.get(t, {}).get("per_melem", 0.0)} for t in specs}
+        meta = {
+            "name": name, "version": utc_now()[:10].replace("-", "."), "backend": "torchscript-cpu",
+            "device": {"description": describe(fp), "fingerprint": fp}, "runtime": dict(fp.get("runtimes", {})),
+            "threads": 1, "batch_size": 1, "precision": "fp32", "units": "ms",
+            "protocol": {"labels": "in-network: per kernel, its oneDNN convolution primitive and weight reorders "
+                                   "(verbose), its ATen ops' profiled times net of the profiler's cost per event, "
+                                   "median over passes",
+                         "network_terms": "per kernel and per million output elements (shared and per type, >= 0) "
+                                          "and an intercept, fitted on end-to-end medians in relative error",
+                         "stand_in_kernel_types": stand_ins,
+                         "borrowed_from": complete_from.name},
+            "fusion_rules": complete_from.rules.to_list(), "layout": complete_from.metadata.get("layout"),
+            "zero_cost_ops": sorted(set(complete_from.zero_cost_ops) | {t for t in self.free if "-" not in t}),
+            "zero_cost_kernels": sorted(t for t in self.free if "-" in t),
+            "model_overhead_ms": 0.0, "kernels": specs,
+            "calibration": {"intercept_ms": float(self.intercept_ms), "kernel_scale": {}, "kernel_terms": terms},
+            "transfer": {"form": "in-network types as fitted; borrowed types as " + complete_from.name,
+                         "kernel_types": transfer, "default": [0.0, 1.0]},
+            "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),
+            "status": status or "kernels labelled inside networks traced on this machine",
+        }
+        return write_predictor(path, meta, regressors)

@@ -134,3 +134,27 @@ def test_traced_network_labels_every_kernel_and_sum_with_the_residual_to_the_run
     convs = [v for k, v in zip(kernels, labels) if k.type.startswith("conv")]
     assert len(convs) == 2 and all(v > 0 for v in convs)
     assert sum(labels) + residual == pytest.approx(trace.run_ms, rel=1e-9)
+
+
+def test_a_written_predictor_prices_as_the_model_does(tmp_path):
+    from hwnas.device import fingerprint
+    from hwnas.predictor import load_latency_predictor
+
+    base = load_latency_predictor("torchscript-cpu-amd-epyc-avx512-f25m17")
+    torch.manual_seed(0)
+    nets, truths, models = [], [], []
+    for make in (lambda c: ResBlockNet(c), lambda c: _TwoConvs()):
+        for c in (8, 16, 24):
+            for s in (8, 16):
+                m = make(c).eval()
+                ks = base.kernels(m, input_shape=(1, 3, s, s))
+                labels = [None if k.type == "hsigmoid" else float(k.features["out_elems"] + 1e-3) for k in ks]
+                nets.append((ks, labels))
+                models.append((m, (1, 3, s, s)))
+                truths.append(sum(v for v in labels if v is not None) + 0.01 * len(ks) + 0.05)
+    model = TSInNetworkModel.fit(nets, truths, fallback=base)
+    path = model.write(tmp_path / "p", fingerprint(), base, name="torchscript-cpu-test-in-network")
+    written = load_latency_predictor(path)
+    assert {"to_backend", "to_plain", "silu", "maxpool@dense"} <= set(written.kernel_specs)  # completed from base
+    for (m, shape), (ks, _) in zip(models, nets):
+        assert written.predict(m, input_shape=shape) == pytest.approx(model.predict(ks), rel=1e-9)
