@@ -334,8 +334,9 @@ class TSInNetworkModel:
     """Kernel regressors fitted on in-network TorchScript labels (:func:`ts_kernel_labels`), plus a network term.
 
     A network's latency (ms) is the sum over its kernels of the kernel's regressor, a cost every kernel pays
-    (``per_kernel_ms``, ``per_melem_ms``: the interpreter's step and the output's allocation) and its type's terms (``per_kernel``
-    ms, and ``per_melem`` ms per million output elements for the types with a hidden op), plus ``intercept_ms``: every term is additive over kernels, so latency tables of search spaces stay exact. The
+    (``per_kernel_ms``, ``per_melem_ms``: the interpreter's step and the output's allocation) and its type's
+    terms (``per_kernel`` ms, ``per_melem`` ms per million output elements), plus ``intercept_ms``: every term is
+    additive over kernels, so latency tables of search spaces stay exact. The
     terms carry what no kernel's label holds (the interpreter between ops, allocations, the hidden activations);
     they are fitted by non-negative least squares on the relative error of the training networks.
 
@@ -408,7 +409,7 @@ class TSInNetworkModel:
         y = np.asarray(measured_ms, dtype=np.float64)
         sums = np.array([model.kernel_ms(k).sum() for k, _ in networks])
         cols = sorted({(k.type, term) for ks, _ in networks for k in ks if k.type not in free
-                       for term in (("per_kernel", "per_melem") if _hidden(k.type) else ("per_kernel",))})
+                       for term in ("per_kernel", "per_melem")})
         head = 4             # intercept (either sign); every kernel's cost, and its cost per million output elements
         x = np.zeros((len(networks), len(cols) + head))
         x[:, 0], x[:, 1] = 1.0, -1.0
@@ -420,8 +421,7 @@ class TSInNetworkModel:
                 x[i, 2] += 1.0
                 x[i, 3] += k.features["out_elems"]
                 x[i, index[(k.type, "per_kernel")]] += 1.0
-                if _hidden(k.type):
-                    x[i, index[(k.type, "per_melem")]] += k.features["out_elems"]
+                x[i, index[(k.type, "per_melem")]] += k.features["out_elems"]
         w = 1.0 / y                                        # relative error
         a, b = x * w[:, None], (y - sums) * w
         scale = float(np.mean(np.sum(a[:, head:] ** 2, axis=0))) if cols else 0.0
