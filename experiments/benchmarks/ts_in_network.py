@@ -90,7 +90,7 @@ def _fit_predict(train: list[dict[str, Any]], test: list[dict[str, Any]], fallba
     return full, raw, dict(model.fallbacks)
 
 
-def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: int = 0, ridge: float = 0.01
+def evaluate(rows: list[dict[str, Any]], fallback: Any, folds: int = 5, seed: int = 0, ridge: float = 0.1
              ) -> dict[str, int]:
     """Fill ``lofo``, ``lofo_raw``, ``cv``, ``cv_raw`` (ms) in every row; returns the fallback counts (LOFO)."""
     from tqdm.auto import tqdm
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="fit on every network and write the predictor here (for this machine: the traces')")
     ap.add_argument("--name", default=None, help="name of the written predictor (default: the folder's name)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ridge", type=float, default=0.01, help="pull of the per-type network terms towards 0")
+    ap.add_argument("--ridge", type=float, default=0.1, help="pull of the per-type network terms towards 0")
     args = ap.parse_args(argv)
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     used = evaluate(rows, _uncalibrated(predictor), seed=args.seed, ridge=args.ridge)
     summary = summarise(rows, shipped)
     print(f"machine now: {describe(fingerprint())}")
-    print(f"ridge {args.ridge}; predictor {predictor.name}; {len(rows)} networks, {passes} end-to-end passes of {args.truth} "
-          f"(truth: their median); "
+    print(f"ridge {args.ridge}; predictor {predictor.name}; {len(rows)} networks, {passes} end-to-end passes of "
+          f"{args.truth} (truth: their median); "
           f"shipped figures from {acc_path if shipped else '(none)'}")
     print(_table(summary))
     print("kernels priced by the uncalibrated isolated predictor in LOFO (type: count): "

@@ -30,7 +30,8 @@ from hwnas.builder._ts_profile import Primitive, TorchScriptTrace
 #: ATen op (without ``aten::``) -> canonical op of the hwnas graph. Ops not listed are not kernels of their own
 #: (allocations, ``expand``), or ops a kernel type does not name; their time is the network's residual.
 ATEN_OPS: dict[str, str] = {
-    "relu": "relu", "relu_": "relu", "hardtanh": "relu6", "hardtanh_": "relu6", "clamp": "relu6", "clamp_": "relu6", "hardswish": "hswish",
+    "relu": "relu", "relu_": "relu", "hardtanh": "relu6", "hardtanh_": "relu6", "clamp": "relu6", "clamp_": "relu6",
+    "hardswish": "hswish",
     "hardswish_": "hswish", "hardsigmoid": "hsigmoid", "hardsigmoid_": "hsigmoid", "sigmoid": "sigmoid",
     "sigmoid_": "sigmoid", "silu": "silu", "silu_": "silu", "gelu": "gelu", "gelu_": "gelu", "tanh": "tanh",
     "tanh_": "tanh", "max_pool2d": "maxpool", "mkldnn_max_pool2d": "maxpool", "avg_pool2d": "avgpool",
@@ -39,7 +40,8 @@ ATEN_OPS: dict[str, str] = {
     "addmm": "fc", "mm": "fc", "flatten": "reshape", "view": "reshape", "reshape": "reshape",
     "to_mkldnn": "to_backend", "to_dense": "to_plain", "batch_norm": "bn", "split": "split",
     "split_with_sizes": "split", "chunk": "split", "channel_shuffle": "channel_shuffle",
-    "native_channel_shuffle": "channel_shuffle", "contiguous": "channel_shuffle", "softmax": "softmax", "layer_norm": "ln", "permute": "permute",
+    "native_channel_shuffle": "channel_shuffle", "contiguous": "channel_shuffle", "softmax": "softmax",
+    "layer_norm": "ln", "permute": "permute",
     "transpose": "permute", "slice": "slice", "constant_pad_nd": "pad", "pad": "pad",
 }
 
@@ -358,8 +360,8 @@ class TSInNetworkModel:
         does (pass the fallback without its calibration, which a zoo fit would leak).
     fallbacks : dict of str to int
         How many kernels of each type the fallback priced (since the last fit), under :data:`ELTWISE_POOL` and
-        ``conv`` how many those stand-ins priced; ``"<none>"`` counts kernels nothing could price (priced 0: an evaluation says how
-        often).
+        ``conv`` how many those stand-ins priced; ``"<none>"`` counts kernels nothing could price (priced 0:
+        an evaluation says how often).
     """
 
     regressors: dict[str, Any]
@@ -374,7 +376,7 @@ class TSInNetworkModel:
 
     @classmethod
     def fit(cls, networks: Sequence[tuple[Sequence[Any], Sequence[float | None]]], measured_ms: Sequence[float],
-            *, fallback: Any = None, seed: int = 0, ridge: float = 0.01, max_rows: int = 3000
+            *, fallback: Any = None, seed: int = 0, ridge: float = 0.1, max_rows: int = 3000
             ) -> "TSInNetworkModel":
         """Fit on ``networks`` (each its kernels and their labels, ``None`` for an unlabelled kernel) and their
         measured latencies (ms). A type with more than ``max_rows`` labels is fitted on a seeded sample of them;
