@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     predictor = load_latency_predictor(args.predictor or build / "predictor")
     if predictor.backend != "torchscript-cpu":
         fail(f"--predictor must be a torchscript-cpu predictor, got {predictor.backend!r}")
-    acc_path = Path(args.accuracy) if args.accuracy else build / "accuracy.json"
-    shipped = json.loads(acc_path.read_text())["summary"] if acc_path.is_file() else None
     rows, passes = load_rows(build, predictor, truth_from=args.truth)
     if len(rows) < 10:
         fail(f"only {len(rows)} networks have both a trace and a truth under {build / 'raw'}")
     used = evaluate(rows, _uncalibrated(predictor), seed=args.seed, ridge=args.ridge)
+    acc_path = Path(args.accuracy) if args.accuracy else build / "accuracy.json"   # read last: may be in the making
+    shipped = json.loads(acc_path.read_text())["summary"] if acc_path.is_file() else None
     summary = summarise(rows, shipped)
     print(f"machine now: {describe(fingerprint())}")
     print(f"ridge {args.ridge}; predictor {predictor.name}; {len(rows)} networks, {passes} end-to-end passes of "
