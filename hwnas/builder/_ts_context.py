@@ -53,7 +53,8 @@ ELTWISE_ALGS: dict[str, str] = {
     "eltwise_tanh": "tanh", "eltwise_gelu_erf": "gelu", "eltwise_gelu_tanh": "gelu",
 }
 
-#: Ops a frozen graph removes (no piece, no time): a kernel made of them only is free.
+#: Ops a frozen graph removes (no piece, no time): a kernel made of them only is free. A batch norm is removed
+#: only after a convolution (folded into it); alone it runs as ``aten::batch_norm``.
 FREE_OPS = frozenset({"dropout", "identity", "bn"})
 #: Ops that run as ``prim::MKLDNN*`` ops on PyTorch's own loops: neither the profiler nor oneDNN sees them (torch
 #: 2.14.1). They get no piece; their time is in the residual, which :class:`TSInNetworkModel` prices by their
@@ -265,8 +266,9 @@ def ts_kernel_labels(trace: TSNetworkTrace, kernels: Sequence[Any]) -> tuple[lis
     for i, k in enumerate(kernels):
         if not k.nodes:   # a layout conversion
             requests.append((i, [(events, k.type, _shape(k))]))
+        folded = any(n.op in CONV_OPS for n in k.nodes)   # a batch norm after a convolution is folded into it
         for n in k.nodes:
-            if n.op in FREE_OPS or n.op in HIDDEN_OPS:
+            if (n.op in FREE_OPS and (n.op != "bn" or folded)) or n.op in HIDDEN_OPS:
                 continue
             if n.op in CONV_OPS:
                 requests.append((i, [(convs, "conv", _conv_key(n))]))
@@ -496,7 +498,9 @@ class TSInNetworkModel:
 
         regressors, specs, transfer, stand_ins = {}, {}, {}, {}
         base = complete_from.kernel_specs
-        for t in sorted({*self.specs, *base} - {ELTWISE_POOL} - set(self.free)):
+        layout = complete_from.layout   # its variant types must have a regressor, even where labels were 0
+        required = {f"{v}{layout.suffix}" for v in layout.variants} if layout is not None else set()
+        for t in sorted({*self.specs, *base} - {ELTWISE_POOL} - (set(self.free) - required)):
             own = t if t in self.specs else _stand_in(t, self.specs)
             if own is not None:
                 regressors[t], specs[t], transfer[t] = self.regressors[own], dict(self.specs[own]), [0.0, 1.0]
@@ -520,8 +524,9 @@ class TSInNetworkModel:
                          "stand_in_kernel_types": stand_ins,
                          "borrowed_from": complete_from.name},
             "fusion_rules": complete_from.rules.to_list(), "layout": complete_from.metadata.get("layout"),
-            "zero_cost_ops": sorted(set(complete_from.zero_cost_ops) | {t for t in self.free if "-" not in t}),
-            "zero_cost_kernels": sorted(t for t in self.free if "-" in t),
+            "zero_cost_ops": sorted(set(complete_from.zero_cost_ops)
+                                    | {t for t in set(self.free) - required if "-" not in t}),
+            "zero_cost_kernels": sorted(t for t in set(self.free) - required if "-" in t),
             "model_overhead_ms": 0.0, "kernels": specs,
             "calibration": {"intercept_ms": float(self.intercept_ms), "kernel_scale": {}, "kernel_terms": terms},
             "transfer": {"form": "in-network types as fitted; borrowed types as " + complete_from.name,
