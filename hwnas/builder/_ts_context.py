@@ -351,6 +351,8 @@ class TSInNetworkModel:
     terms : dict of str to dict of str to float
         Per kernel type, ``{"per_kernel": ms, "per_melem": ms}`` (both >= 0), pulled towards 0 by the ridge.
     intercept_ms : float
+    n_networks : int
+        Networks the model was fitted on.
     per_kernel_ms, per_melem_ms : float
         Cost of every kernel not free, ms, and per million of its output elements, ms (>= 0, not pulled by the
         ridge: the interpreter's step and the allocation of the output, whose pages a large tensor touches anew).
@@ -373,6 +375,7 @@ class TSInNetworkModel:
     free: frozenset[str]
     per_kernel_ms: float = 0.0
     per_melem_ms: float = 0.0
+    n_networks: int = 0
     fallback: Any = None
     fallbacks: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -409,7 +412,7 @@ class TSInNetworkModel:
         by_type = {t: (v if len(v) <= cap[t] else rng.sample(v, cap[t])) for t, v in by_type.items()
                    if t not in free and len(v) >= MIN_FIT_SAMPLES}
         regressors, specs, _, _ = fit_regressors(by_type, "torchscript-cpu", seed, targets=("log_ms_per_unit",))
-        model = cls(regressors, specs, {}, 0.0, free, fallback=fallback)
+        model = cls(regressors, specs, {}, 0.0, free, n_networks=len(networks), fallback=fallback)
         y = np.asarray(measured_ms, dtype=np.float64)
         sums = np.array([model.kernel_ms(k).sum() for k, _ in networks])
         cols = sorted({(k.type, term) for ks, _ in networks for k in ks if k.type not in free
@@ -444,7 +447,7 @@ class TSInNetworkModel:
         """Each kernel's latency (ms): its regressor, the fallback for a type no label showed, 0 for a free type;
         with ``terms``, plus its type's network terms."""
         from hwnas.errors import UnknownKernelError
-        from hwnas.predictor._regressors import apply_target
+        from hwnas.predictor import apply_target
 
         out = np.zeros(len(kernels))
         by_type: dict[str, list[int]] = {}
@@ -528,7 +531,11 @@ class TSInNetworkModel:
                                     | {t for t in set(self.free) - required if "-" not in t}),
             "zero_cost_kernels": sorted(t for t in set(self.free) - required if "-" in t),
             "model_overhead_ms": 0.0, "kernels": specs,
-            "calibration": {"intercept_ms": float(self.intercept_ms), "kernel_scale": {}, "kernel_terms": terms},
+            "calibration": {"intercept_ms": float(self.intercept_ms), "kernel_scale": {}, "kernel_terms": terms,
+                            "n_networks": int(self.n_networks)},
+            # types the kernel predictor declared it cannot price, and which no label priced either
+            "unsupported_kernel_types": {t: r for t, r in (complete_from.metadata.get("unsupported_kernel_types")
+                                                          or {}).items() if t not in specs},
             "transfer": {"form": "in-network types as fitted; borrowed types as " + complete_from.name,
                          "kernel_types": transfer, "default": [0.0, 1.0]},
             "created": utc_now(), "hwnas_version": hwnas.__version__, "accuracy": dict(notes or {}),

@@ -153,7 +153,8 @@ def test_embedded_predictors_calibration_is_well_formed():
     for name, meta, cal in calibrations:
         types = set(meta["kernels"])
         assert tuple(cal.get("bounds", SCALE_BOUNDS)) == SCALE_BOUNDS, name
-        assert cal["kernel_scale"] and set(cal["kernel_scale"]) <= types, name
+        # factors, or (an in-network predictor) additive terms only
+        assert (cal["kernel_scale"] or cal.get("kernel_terms")) and set(cal["kernel_scale"]) <= types, name
         assert all(SCALE_BOUNDS[0] <= v <= SCALE_BOUNDS[1] for v in cal["kernel_scale"].values()), name
         assert set(cal.get("kernel_terms", {})) <= types, name
         for ktype, terms in cal.get("kernel_terms", {}).items():
@@ -199,5 +200,5 @@ def test_embedded_predictors_apply_their_calibration_kernel_by_kernel():
                          + sum(c * (1.0 if CALIBRATION_TERMS[t] is None else k.features[CALIBRATION_TERMS[t]])
                                for t, c in terms.get(k.type, {}).items())
                          for k, b in zip(kernels, base)])
-        assert any(k.type in scale and scale[k.type] != 1.0 for k in kernels), name
+        assert any((k.type in scale and scale[k.type] != 1.0) or terms.get(k.type) for k in kernels), name
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=name)
