@@ -163,20 +163,14 @@ def trace_torchscript_network(model: Any, input_shape: Sequence[int], *, runs: i
     from torch.profiler import ProfilerActivity, profile
 
     from hwnas.builder._backends import get_backend
-    from hwnas.builder._ts_profile import verbose_runs
+    from hwnas.builder._ts_profile import timed_runs, verbose_runs
 
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     backend = get_backend("torchscript-cpu")
     fn = backend.prepare(model, input_shape, threads=threads)
     with backend.runtime(threads):
-        for _ in range(warmup):
-            fn()
-        wall = []
-        for _ in range(max(unprofiled, 1)):
-            t0 = time.perf_counter()
-            fn()
-            wall.append((time.perf_counter() - t0) * 1e3)
+        wall = timed_runs(fn, warmup, unprofiled)
         prims, _ = verbose_runs(fn, runs)
         ev_runs, prof_wall, counts = [], [], []
         for _ in range(runs):

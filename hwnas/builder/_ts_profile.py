@@ -241,6 +241,18 @@ def read_runs(text: str) -> list[list[Primitive]]:
     return runs
 
 
+def timed_runs(fn: Any, warmup: int, runs: int) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times (at least once): the wall time of each, ms."""
+    for _ in range(warmup):
+        fn()
+    t = []
+    for _ in range(max(runs, 1)):
+        t0 = time.perf_counter()
+        fn()
+        t.append((time.perf_counter() - t0) * 1e3)
+    return t
+
+
 def verbose_runs(fn: Any, runs: int) -> tuple[list[list[Primitive]], list[float]]:
     """Call ``fn`` ``runs`` times under oneDNN verbose: the primitives of each run and its wall time (ms).
 
@@ -298,13 +310,7 @@ def trace_torchscript(model: Any, input_shape: Sequence[int], *, runs: int = 5, 
     backend = get_backend("torchscript-cpu")
     fn = backend.prepare(model, input_shape, threads=threads)
     with backend.runtime(threads):
-        for _ in range(warmup):
-            fn()
-        t = []
-        for _ in range(max(unprofiled, 1)):
-            t0 = time.perf_counter()
-            fn()
-            t.append((time.perf_counter() - t0) * 1e3)
+        t = timed_runs(fn, warmup, unprofiled)
         found, wall = verbose_runs(fn, runs)
     return TorchScriptTrace(runs=found, run_ms=wall, unprofiled_ms=float(np.median(t)),
                             input_shape=tuple(int(v) for v in input_shape))
